@@ -1,0 +1,123 @@
+"""Check a bundle's files on disk against its manifest: presence, size, sha256, ONNX external data."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import posixpath
+from pathlib import Path
+from typing import Mapping
+
+from tinymm.bundle.errors import (
+    ChecksumMismatchError,
+    MissingFileError,
+    OnnxFormatError,
+    UnlistedFileError,
+)
+from tinymm.bundle.manifest import Manifest
+from tinymm.bundle.onnx_scan import OnnxSummary, OnnxWireError, scan_onnx_file
+from tinymm.bundle.paths import check_relative_path, regular_file_size, resolve_inside
+from tinymm.bundle.specs import FileEntry
+
+logger = logging.getLogger(__name__)
+
+HASH_CHUNK_BYTES = 1 << 20  # read size when hashing, 1 MiB
+SHA256_SHOWN_CHARS = 12  # hex digits of a checksum shown in error messages
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in HASH_CHUNK_BYTES chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_file(root: Path, name: str, entry: FileEntry, *, verify_checksum: bool) -> Path:
+    """Check that listed file ``name`` is inside ``root``, exists, has its size and (optionally) sha256.
+
+    Returns its path. Raises UnsafePathError, MissingFileError or ChecksumMismatchError.
+    """
+    where = f"{root}: files[{name!r}]"
+    path = resolve_inside(root, name, where)
+    size = regular_file_size(path, name, where)
+    if size != entry.size:
+        raise ChecksumMismatchError(
+            f"{root}: {name!r} has {size} bytes but manifest.json lists {entry.size}; the file was "
+            "truncated or changed: copy the bundle again or rebuild it"
+        )
+    if verify_checksum:
+        actual = sha256_file(path)
+        if actual != entry.sha256:
+            raise ChecksumMismatchError(
+                f"{root}: {name!r} has sha256 {actual[:SHA256_SHOWN_CHARS]}..., manifest.json lists "
+                f"{entry.sha256[:SHA256_SHOWN_CHARS]}...; the file is corrupt or was changed: copy the "
+                "bundle again or rebuild it"
+            )
+    return path
+
+
+def check_files(root: Path, manifest: Manifest, *, verify_checksums: bool) -> None:
+    """Run ``check_file`` on every file the manifest lists."""
+    for name, entry in manifest.files.items():
+        check_file(root, name, entry, verify_checksum=verify_checksums)
+    if verify_checksums:
+        logger.debug("%s: %d files match their sha256", root, len(manifest.files))
+
+
+def scan_model(root: Path, name: str) -> OnnxSummary:
+    """Scan bundle file ``name`` as an ONNX model; raise OnnxFormatError if it is not one."""
+    try:
+        return scan_onnx_file(root / name)
+    except OnnxWireError as e:
+        raise OnnxFormatError(
+            f"{root}: {name!r} is not a valid ONNX model ({e}); re-export the component"
+        ) from e
+    except OSError as e:
+        raise MissingFileError(f"{root}: cannot read {name!r}: {e}") from e
+
+
+def check_external_data(
+    root: Path, model: str, summary: OnnxSummary, files: Mapping[str, FileEntry]
+) -> tuple[str, ...]:
+    """Check that every external data file of ONNX file ``model`` is safe, present and listed.
+
+    Locations are relative to the directory of the .onnx file and may not climb out of it
+    (no ``..``). Returns the bundle paths of the external data files. Raises UnsafePathError,
+    MissingFileError or UnlistedFileError.
+    """
+    found: list[str] = []
+    for external in summary.external_data:
+        what = f"{root}: {model!r}: external data location of tensor {external.tensor!r}"
+        location = external.location
+        if not location.startswith("/"):  # "./w.bin" and "sub//w.bin" are harmless spellings: canonicalize
+            location = "/".join(part for part in location.split("/") if part not in ("", "."))
+        check_relative_path(location, what)
+        name = posixpath.join(posixpath.dirname(model), location)
+        path = resolve_inside(root, name, what)
+        if not path.is_file():
+            raise MissingFileError(
+                f"{what}: {name!r} is missing from the bundle; export the model again with its data file"
+            )
+        if name not in files:
+            raise UnlistedFileError(
+                f"{what}: {name!r} is not listed in manifest.json files, so it has no checksum; "
+                "rebuild the bundle with tinymm.bundle.BundleWriter"
+            )
+        if name not in found:
+            found.append(name)
+    return tuple(found)
+
+
+def check_models(root: Path, manifest: Manifest) -> dict[str, OnnxSummary]:
+    """Scan every component variant file and check its external data. Returns file -> summary."""
+    summaries: dict[str, OnnxSummary] = {}
+    for component in manifest.components.values():
+        for variant in component.variants.values():
+            if variant.file in summaries:
+                continue
+            summary = scan_model(root, variant.file)
+            check_external_data(root, variant.file, summary, manifest.files)
+            summaries[variant.file] = summary
+    return summaries
