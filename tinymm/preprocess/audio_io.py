@@ -19,12 +19,12 @@ import logging
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Union
 
 import numpy as np
 
 from tinymm.errors import InputError
+from tinymm.preprocess.files import read_input_file
 
 logger = logging.getLogger(__name__)
 
@@ -77,18 +77,6 @@ def _describe(source: object) -> str:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"audio of {memoryview(source).nbytes} bytes"
     return f"audio file {str(source)!r}"
-
-
-def _read_file(source: str | os.PathLike[str]) -> bytes:
-    path = Path(source)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError as e:
-        raise InputError(f"audio file {str(path)!r} does not exist; check the path") from e
-    except IsADirectoryError as e:
-        raise InputError(f"audio path {str(path)!r} is a directory; pass an audio file") from e
-    except OSError as e:
-        raise InputError(f"cannot read audio file {str(path)!r}: {e.strerror or e}; check its permissions") from e
 
 
 def _check_duration(what: str, frames: int, rate: int, max_seconds: float | None) -> None:
@@ -295,7 +283,7 @@ def load_audio(
         contiguous = not isinstance(source, memoryview) or source.c_contiguous
         data: bytes | bytearray | memoryview = source if contiguous else source.tobytes()
     elif isinstance(source, (str, os.PathLike)):
-        data = _read_file(source)
+        data = read_input_file(source, "audio")
     else:
         raise InputError(
             f"cannot read audio from a {type(source).__name__}; pass a path, the bytes of a WAV file, "

@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence, Union
 
 import cv2
 import numpy as np
 
 from tinymm.errors import InputError
+from tinymm.preprocess.files import read_input_file
 from tinymm.preprocess.config import ImageConfig
 
 MAX_IMAGE_PIXELS = 50_000_000  # width * height refused above this (about 50 megapixels)
@@ -230,19 +230,6 @@ def _check_pixels(what: str, width: int, height: int, max_pixels: int, stage: st
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_file(source: str | os.PathLike[str]) -> bytes:
-    path = Path(source)
-    try:
-        # Read as bytes (not cv2.imread) so that non-ASCII paths work on every platform.
-        return path.read_bytes()
-    except FileNotFoundError as e:
-        raise InputError(f"image file {str(path)!r} does not exist; check the path") from e
-    except IsADirectoryError as e:
-        raise InputError(f"image path {str(path)!r} is a directory; pass an image file") from e
-    except OSError as e:
-        raise InputError(f"cannot read image file {str(path)!r}: {e.strerror or e}; check its permissions") from e
-
-
 def _decode(data: bytes | bytearray | memoryview, what: str, max_pixels: int) -> np.ndarray:
     """Encoded bytes -> the decoded array as OpenCV returns it (uint8/uint16; 1, 3 or 4 channels)."""
     header = read_image_header(data, what=what)
@@ -328,7 +315,7 @@ def _load_any_order(source: ImageSource, rgb: bool, max_pixels: int) -> tuple[np
             source = source.tobytes()
         decoded = _decode(source, what, max_pixels)
     elif isinstance(source, (str, os.PathLike)):
-        decoded = _decode(_read_file(source), what, max_pixels)
+        decoded = _decode(read_input_file(source, "image"), what, max_pixels)
     else:
         raise InputError(
             f"cannot read an image from a {type(source).__name__}; pass a path, the bytes of an "
