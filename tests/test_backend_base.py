@@ -110,7 +110,7 @@ def test_unknown_backend_lists_known_ones():
         get_backend("tensorflow")
     assert "'tensorflow'" in str(excinfo.value)
     assert "onnxruntime" in str(excinfo.value)
-    assert known_backends() == ("onnxruntime",)
+    assert known_backends() == ("onnxruntime", "tensorrt")
 
 
 def test_missing_package_says_what_to_install(monkeypatch):

@@ -155,6 +155,15 @@ _BACKENDS: Mapping[str, _BackendEntry] = types.MappingProxyType(
                 "pip install onnxruntime (CPU), or pip install 'tinymm[gpu]' for onnxruntime-gpu (CUDA, TensorRT)"
             ),
         ),
+        "tensorrt": _BackendEntry(
+            module="tinymm.backends.tensorrt",
+            factory="TensorRTBackend",
+            package="tensorrt",
+            install_hint=(
+                "pip install 'tinymm[tensorrt]' (TensorRT and cuda-python, on a machine with an NVIDIA GPU); "
+                "on a Jetson, use the TensorRT that JetPack ships and pip install cuda-python"
+            ),
+        ),
     }
 )
 
