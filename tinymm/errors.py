@@ -12,6 +12,7 @@ EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_BUNDLE = 4
 EXIT_BACKEND = 5
+EXIT_TOLERANCE = 6  # `tinymm verify` / export parity: an output is outside its golden tolerance
 
 
 class TinymmError(Exception):

@@ -33,6 +33,10 @@ A bundle is a directory (or a .tar/.tar.gz/.tgz archive of one) that describes i
       ],
       "provenance": {...},                  # optional free-form JSON object: teacher, data,
                                             # training and export commands, metrics, created
+      "model": {...},                       # optional free-form JSON object: hyperparameters the
+                                            # runtime needs and cannot read from the graphs (decoder
+                                            # layers, heads, CTC blank id, ...); the keys per family
+                                            # are documented in export/LAYOUT.md
       "model_card": "README.md",            # optional: the bundle path of the model card
       "files": {                            # required: every file except manifest.json
         "image_encoder.onnx": {"sha256": "<64 lowercase hex>", "bytes": 1234}
@@ -104,6 +108,7 @@ class Manifest:
     preprocess: Preprocess = field(default_factory=Preprocess)
     golden: tuple[GoldenPair, ...] = ()
     provenance: Mapping[str, Any] = field(default_factory=dict)  # free-form JSON object, read-only
+    model: Mapping[str, Any] = field(default_factory=dict)  # free-form JSON object of hyperparameters, read-only
     model_card: str | None = None  # bundle path of the model card, usually README.md
     created_by: str | None = None  # e.g. "tinymm 0.1.0"
     format_version: int = FORMAT_VERSION
@@ -130,6 +135,9 @@ class Manifest:
         if not isinstance(self.provenance, Mapping):
             raise FieldTypeError(f"provenance must be a JSON object, got {got(self.provenance)}")
         object.__setattr__(self, "provenance", freeze_json(self.provenance, "provenance"))
+        if not isinstance(self.model, Mapping):
+            raise FieldTypeError(f"model must be a JSON object, got {got(self.model)}")
+        object.__setattr__(self, "model", freeze_json(self.model, "model"))
         if self.model_card is not None:
             check_relative_path(self.model_card, "model_card")
         if self.created_by is not None and not isinstance(self.created_by, str):
@@ -216,6 +224,8 @@ class Manifest:
         if self.golden:
             out["golden"] = [pair.to_dict() for pair in self.golden]
         out["provenance"] = thaw_json(self.provenance)
+        if self.model:
+            out["model"] = thaw_json(self.model)
         if self.model_card is not None:
             out["model_card"] = self.model_card
         out["files"] = {path: self.files[path].to_dict() for path in sorted(self.files)}

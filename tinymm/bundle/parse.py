@@ -250,6 +250,7 @@ def parse_manifest(value: Any, source: str = "manifest.json") -> Manifest:
     golden_items = top.get("golden", "array", required=False, default=[])
     golden = tuple(_golden(raw, f"golden[{i}]", source) for i, raw in enumerate(golden_items))
     provenance = top.get("provenance", "object", required=False, default={})
+    model = top.get("model", "object", required=False, default={})
     model_card = top.get("model_card", "string", required=False)
     created_by = top.get("created_by", "string", required=False)
     files_obj = top.child("files")
@@ -270,6 +271,7 @@ def parse_manifest(value: Any, source: str = "manifest.json") -> Manifest:
         preprocess=preprocess,
         golden=golden,
         provenance=provenance,
+        model=model,
         model_card=model_card,
         created_by=created_by,
     )

@@ -172,10 +172,12 @@ class BundleWriter:
         golden: Sequence[GoldenPair] = (),
         provenance: Mapping[str, Any] | None = None,
         model_card: str | None = None,
+        model: Mapping[str, Any] | None = None,
     ) -> Bundle:
         """Checksum the staged files, write manifest.json, validate, and publish at ``out_dir``.
 
-        ``model_card`` defaults to README.md when one was added. Returns the published bundle.
+        ``model_card`` defaults to README.md when one was added; ``model`` is the manifest's
+        free-form object of model hyperparameters. Returns the published bundle.
         On failure nothing is published and the staged files are removed.
         """
         self._check_open()
@@ -197,6 +199,7 @@ class BundleWriter:
                     preprocess=preprocess if preprocess is not None else Preprocess(),
                     golden=tuple(golden),
                     provenance=dict(provenance or {}),
+                    model=dict(model or {}),
                     model_card=model_card,
                     created_by=f"tinymm {__version__}",
                 )

@@ -1,0 +1,106 @@
+"""``python -m export CHECKPOINT --out BUNDLE``: export a train/ checkpoint into a verified bundle.
+
+    python -m export runs/vlm/distill/final --out bundles/scene-vlm --precision fp32,int8 --data runs/vlm
+    python -m export runs/speech/student_kd/final --out bundles/speech --data runs/speech/data
+
+Exit codes: 0 written and verified; 3 bad input (missing checkpoint, unknown model kind, no
+tokenizer, a contract that does not fit the model); 4 the bundle could not be written (e.g. the
+output directory is not empty: pass --force); 6 parity or golden tolerance failed (nothing is
+written); 1 an export or quantization step failed. See bundle_build.py for the steps and
+export/LAYOUT.md for the bundle layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tinymm.errors import EXIT_USAGE, TinymmError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    from tinymm.bundle import PRECISIONS
+
+    values = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in values if p not in PRECISIONS]
+    if unknown or not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {', '.join(PRECISIONS)}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export",
+        description="Export a train/ checkpoint (model.safetensors + config.json) to a tinymm bundle: ONNX "
+        "components, parity checks against torch, golden pairs, optional fp16/int8 variants, model card.",
+    )
+    parser.add_argument("checkpoint", type=Path, help="checkpoint directory written by train.checkpoint")
+    parser.add_argument("--out", type=Path, required=True, help="bundle directory to write (absent or empty)")
+    parser.add_argument("--precision", type=_precisions, default=("fp32",),
+                        help="comma-separated precisions to ship: fp32 (always), fp16, int8 (default fp32)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="a written scene or speech dataset for real inputs (default: generated ones)")
+    parser.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="sentencepiece .model to ship (default: found next to the checkpoint)")
+    parser.add_argument("--preprocess", type=Path, default=None,
+                        help="JSON file with image/audio/text contract sections (default: from the checkpoint, "
+                        "a preprocess.json next to it, or the training recipe's defaults)")
+    parser.add_argument("--name", default=None, help="bundle name (default: the --out directory's name)")
+    parser.add_argument("--golden-batch", type=int, default=2, help="real inputs per golden pair (default 2)")
+    parser.add_argument("--calibration", type=int, default=16, help="real inputs calibrating int8 (default 16)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of generated and random inputs (default 0)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (default 0: torch's default; 1 is fastest on a busy machine)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step (info level)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=LOG_FORMAT)
+    try:
+        from export.bundle_build import ExportRequest, build_bundle
+        from export.onnx_common import ExportOptions, SampleOptions
+
+        if args.threads < 0:
+            sys.stderr.write(f"python -m export: error: --threads {args.threads} must be >= 0\n")
+            return EXIT_USAGE
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+
+        try:
+            samples = SampleOptions(data_dir=args.data, golden_batch=args.golden_batch,
+                                    calibration_samples=args.calibration, seed=args.seed)
+            request = ExportRequest(
+                checkpoint=args.checkpoint, out=args.out, precisions=args.precision, samples=samples,
+                tokenizer=args.tokenizer, preprocess=args.preprocess, name=args.name, force=args.force,
+                options=ExportOptions(opset=args.opset), progress=not args.no_progress,
+                command=shlex.join(["python", "-m", "export", *argv]),
+            )
+        except ValueError as e:
+            sys.stderr.write(f"python -m export: error: {e}\n")
+            return EXIT_USAGE
+        bundle = build_bundle(request)
+    except TinymmError as e:
+        sys.stderr.write(f"python -m export: error: {e}\n")
+        if args.verbose:
+            logging.getLogger(__name__).exception("export failed")
+        return e.exit_code
+    sys.stderr.write(f"wrote bundle {bundle.name!r} to {bundle.root} ({bundle.manifest.total_bytes} bytes, verified)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,406 @@
+"""From a train/ checkpoint to a validated bundle: export, parity, golden pairs, quantization, writing.
+
+``build_bundle(ExportRequest(...))`` does, in order:
+
+1. read the checkpoint (train/checkpoint.py) and pick the family module from its model kind; find
+   the tokenizer and the preprocessing contract (order below); the family module checks them
+   against the model and builds the graphs and the inputs that check them;
+2. export every component to ONNX fp32 (export/onnx_vlm.py, export/onnx_speech.py);
+3. check parity with torch on random and real inputs, and KV-cache greedy decoding against
+   no-cache decoding (export/parity.py); a failure stops here, before anything is written;
+4. record golden pairs (real inputs, torch fp32 outputs) and, for --precision fp16/int8, build
+   those variants (export/fp16.py, export/quantize.py: static QDQ for encoders, dynamic int8 for
+   decoder steps) and check each against its golden tolerance;
+5. write the bundle with BundleWriter (manifest with components, preprocess, golden pairs, the
+   ``model`` object and provenance; ONNX files; tokenizer; README.md model card), then read and
+   verify it again.
+
+Where the tokenizer and the contract come from (first found wins):
+
+- tokenizer: ``--tokenizer``; ``extra["tokenizer"]`` of the checkpoint (relative to it); the
+  recipe's file name (tokenizer.model, speech.model) in the checkpoint directory, its parent or
+  grandparent, or their ``tokenizer/`` subdirectory (the recipes' OUT/tokenizer/);
+- contract sections (image, audio, text): ``--preprocess FILE.json``; ``extra["preprocess"]`` of
+  the checkpoint; ``preprocess.json`` next to the checkpoint or in its parent; else the recipe's
+  defaults (``contract_defaults`` of the family module).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import json
+import logging
+import math
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from tqdm import tqdm
+
+from export.golden import TOLERANCES, GoldenRecord, evaluate_variant, record_golden, write_golden
+from export.onnx_common import ExportError, ExportOptions, Prepared, SampleOptions, export_onnx
+from export.parity import ParityError, check_parity, component_parity, load_session
+from tinymm import __version__
+from tinymm.bundle import PRECISIONS, Bundle, BundleWriter, read_bundle, verify_bundle
+from tinymm.bundle.validate import NAME_HINT
+from tinymm.commands.verify import GoldenResult
+from tinymm.errors import InputError
+from tinymm.preprocess.config import AudioConfig, ImageConfig, TextConfig
+
+logger = logging.getLogger(__name__)
+
+VLM_KIND = "train.models.vlm.VisionLanguageModel"
+SPEECH_KIND = "train.models.speech.SpeechCTCModel"
+FAMILY_MODULES = {VLM_KIND: "export.onnx_vlm", SPEECH_KIND: "export.onnx_speech"}  # model kind -> family module
+PREPROCESS_FILE = "preprocess.json"  # a contract next to a checkpoint: {"image": {...}, "audio": {...}, "text": {...}}
+STATIC_INT8 = ("image_encoder", "text_encoder", "speech_encoder")  # calibrated QDQ; the decoder steps get dynamic int8
+SEARCH_LEVELS = 3  # the checkpoint directory, its parent and its grandparent
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export and how; checked once here (ValueError per bad field)."""
+
+    checkpoint: Path  # a directory written by train.checkpoint.save_checkpoint
+    out: Path  # the bundle directory to write
+    precisions: tuple[str, ...] = ("fp32",)  # fp32 is always written; fp16 and int8 on request
+    samples: SampleOptions = field(default_factory=SampleOptions)  # real and random inputs that check the export
+    tokenizer: Path | None = None  # sentencepiece model; None: found next to the checkpoint
+    preprocess: Path | None = None  # JSON contract; None: from the checkpoint or the recipe's defaults
+    name: str | None = None  # bundle name; None: the output directory's name
+    force: bool = False  # replace an existing bundle at out
+    options: ExportOptions = field(default_factory=ExportOptions)
+    command: str = ""  # the command line, recorded in the provenance
+    progress: bool = True  # show a tqdm bar
+
+    def __post_init__(self) -> None:
+        for name in ("checkpoint", "out", "tokenizer", "preprocess"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+        unknown = [p for p in self.precisions if p not in PRECISIONS]
+        if unknown or not self.precisions:
+            raise ValueError(f"precisions={list(self.precisions)} must name some of {list(PRECISIONS)}")
+        object.__setattr__(self, "precisions", tuple(p for p in PRECISIONS if p in {"fp32", *self.precisions}))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _search_dirs(checkpoint: Path) -> list[Path]:
+    return [checkpoint, *list(checkpoint.resolve().parents)[: SEARCH_LEVELS - 1]]
+
+
+def find_tokenizer(request: ExportRequest, meta: Mapping[str, Any], file_name: str) -> Path:
+    """The sentencepiece model to ship (see the module docstring for the search order)."""
+    if request.tokenizer is not None:
+        if not request.tokenizer.is_file():
+            raise InputError(f"--tokenizer {request.tokenizer} is not a file; give the sentencepiece .model file")
+        return request.tokenizer
+    candidates = []
+    if isinstance(meta.get("extra", {}).get("tokenizer"), str):
+        candidates.append(request.checkpoint / meta["extra"]["tokenizer"])
+    for directory in _search_dirs(request.checkpoint):
+        candidates += [directory / file_name, directory / "tokenizer" / file_name]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise InputError(
+            f"no tokenizer for checkpoint {request.checkpoint}: looked for {file_name} in "
+            f"{', '.join(str(c.parent) for c in candidates)}; pass --tokenizer PATH/TO/{file_name}"
+        )
+    return found
+
+
+def _read_contract(path: Path) -> Mapping[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"preprocess contract {path} is not readable JSON ({e}); fix or remove it") from e
+    if not isinstance(data, Mapping):
+        raise InputError(f"preprocess contract {path} must hold a JSON object with image/audio/text sections")
+    return data
+
+
+def _contract_sources(request: ExportRequest, meta: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(description, {"image"|"audio"|"text": dict}) in priority order."""
+    sources = []
+    if request.preprocess is not None:
+        if not request.preprocess.is_file():
+            raise InputError(f"--preprocess {request.preprocess} is not a file; give a JSON file of "
+                             "image/audio/text sections")
+        sources.append((str(request.preprocess), _read_contract(request.preprocess)))
+    extra = meta.get("extra", {}).get("preprocess")
+    if isinstance(extra, Mapping):
+        sources.append((f"{request.checkpoint}/config.json extra.preprocess", extra))
+    for directory in _search_dirs(request.checkpoint)[:2]:
+        if (directory / PREPROCESS_FILE).is_file():
+            sources.append((str(directory / PREPROCESS_FILE), _read_contract(directory / PREPROCESS_FILE)))
+    return sources
+
+
+def resolve_contract(request: ExportRequest, meta: Mapping[str, Any],
+                     defaults: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Each needed section (the keys of ``defaults``: a config) from the first source that has it."""
+    classes = {"image": ImageConfig, "audio": AudioConfig, "text": TextConfig}
+    sections, origin = {}, {}
+    sources = _contract_sources(request, meta)
+    for key, default in defaults.items():
+        found = next(((where, data[key]) for where, data in sources if key in data), None)
+        if found is None:
+            logger.warning("no %s contract with the checkpoint; using the training recipe's default "
+                           "(pass --preprocess FILE.json to override): %s", key, json.dumps(default.to_dict()))
+            sections[key], origin[key] = default, "recipe default"
+            continue
+        try:
+            sections[key], origin[key] = classes[key].from_dict(found[1]), found[0]
+        except (TypeError, ValueError) as e:
+            raise InputError(f"the {key} contract in {found[0]} is invalid: {e}") from e
+    return sections, origin
+
+
+def load_checkpoint_model(request: ExportRequest) -> tuple[Any, dict[str, Any]]:
+    """(model in eval mode, config.json) of the checkpoint; InputError when missing or of an unknown kind."""
+    from train.checkpoint import load_checkpoint, read_checkpoint_meta
+
+    if not request.checkpoint.is_dir():
+        raise InputError(f"checkpoint {request.checkpoint} does not exist or is not a directory; "
+                         "give a directory written by train.checkpoint.save_checkpoint (e.g. runs/vlm/distill/final)")
+    meta = read_checkpoint_meta(request.checkpoint)
+    if meta["kind"] == VLM_KIND:
+        from train.models.vlm import VisionLanguageModel as model_cls, VLMConfig as config_cls
+    elif meta["kind"] == SPEECH_KIND:
+        from train.models.speech import SpeechConfig as config_cls, SpeechCTCModel as model_cls
+    else:
+        raise InputError(f"checkpoint {request.checkpoint} holds a {meta['kind']!r}; python -m export knows "
+                         f"{list(FAMILY_MODULES)}")
+    model, _, meta = load_checkpoint(request.checkpoint, model_cls, config_cls)
+    return model.eval(), meta
+
+
+def prepare(request: ExportRequest) -> Prepared:
+    """Load the checkpoint, find its tokenizer and contract, and prepare its family's export."""
+    model, meta = load_checkpoint_model(request)
+    family = importlib.import_module(FAMILY_MODULES[meta["kind"]])
+    tokenizer_path = find_tokenizer(request, meta, family.TOKENIZER_FILE)
+    sections, origin = resolve_contract(request, meta, family.contract_defaults(model))
+    sources = {"tokenizer": str(tokenizer_path), **{f"preprocess.{k}": v for k, v in origin.items()}}
+    return family.prepare(model, meta, tokenizer_path, sections, sources, request.samples)
+
+
+def _variant(precision: str, component: str, fp32: Path, work: Path, prepared: Prepared,
+             record: GoldenRecord) -> tuple[Path, dict[str, Any] | None]:
+    """(path, int8 gate report or None) of the fp16 or int8 variant of one component.
+
+    int8 goes through the accuracy gate (export/accuracy_gate.py) with the golden outputs'
+    smallest cosine (in points: 100 x cosine) as the metric, so nodes that break the tolerance
+    are left in float, or the gate refuses (Int8Refused) and nothing is written.
+    """
+    try:
+        from export.accuracy_gate import run_int8_gate
+        from export.fp16 import convert_fp16
+        from export.quantize import DYNAMIC_OP_TYPES, quantizable_nodes, quantize_dynamic_int8, quantize_static_qdq
+    except ImportError as e:
+        raise ExportError(f"--precision {precision} needs export/fp16.py, quantize.py and accuracy_gate.py, which "
+                          f"failed to import ({e}); export fp32 only or fix the installation") from e
+    if precision == "fp16":
+        return convert_fp16(fp32, work / f"{component}.fp16.onnx", keep_io_types=True), None
+    static = component in STATIC_INT8
+    samples = prepared.calibration()[component] if static else []
+    builds = itertools.count()
+
+    def build(excluded: Sequence[str]) -> Path:
+        out = work / f"{component}.int8.try{next(builds)}.onnx"
+        if static:
+            return quantize_static_qdq(fp32, out, samples, nodes_to_exclude=excluded)
+        return quantize_dynamic_int8(fp32, out, nodes_to_exclude=excluded)
+
+    gate = run_int8_gate(
+        fp32, build, lambda path: 100.0 * evaluate_variant(path, record, "int8").min_cosine,
+        max_drop=100.0 * (1.0 - TOLERANCES["int8"].min_cosine),
+        candidates=None if static else quantizable_nodes(fp32, DYNAMIC_OP_TYPES),
+    )
+    gate.raise_if_refused()
+    final = work / f"{component}.int8.onnx"
+    gate.int8_path.replace(final)
+    return final, gate.to_dict()
+
+
+def _json_safe(value: Any) -> Any:
+    """A copy of a JSON-like value with non-finite floats as strings and tuples as lists."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {"tinymm": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
+
+
+def bundle_name(request: ExportRequest) -> str:
+    """The --name, or the output directory's name made into a valid bundle name."""
+    if request.name is not None:
+        return request.name
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in request.out.name).lstrip("._-")
+    if not cleaned:
+        raise InputError(f"cannot derive a bundle name from {request.out}; pass --name ({NAME_HINT})")
+    return cleaned
+
+
+def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, Path]],
+                golden: Mapping[str, Mapping[str, GoldenResult]], provenance: Mapping[str, Any]) -> str:
+    """README.md: what the bundle is, sizes and golden metrics per precision, parity, contract, provenance."""
+    checkpoint, parity = provenance["checkpoint"], provenance["export"]["parity"]
+    lines = [
+        f"# {name}", "",
+        f"A tinymm bundle of family `{prepared.family}` (tasks: {', '.join(prepared.tasks)}), exported by "
+        f"`python -m export` from checkpoint `{checkpoint['path']}` (step {checkpoint['step']}, "
+        f"model.safetensors sha256 `{checkpoint['sha256']}`).", "",
+        "## Components", "",
+        "Golden metrics: the variant on onnxruntime CPU against torch fp32, on the bundle's golden inputs.", "",
+        "| component | precision | file | size (bytes) | max abs error | min cosine | tolerance |",
+        "|---|---|---|---:|---:|---:|---|",
+    ]
+    for component, variants in files.items():
+        for precision, path in variants.items():
+            r = golden[component][precision]
+            lines.append(f"| {component} | {precision} | {path.name} | {path.stat().st_size} | {r.max_abs:.3g} | "
+                         f"{r.min_cosine:.6f} | {r.tolerance} |")
+    total = {p: sum(v[p].stat().st_size for v in files.values() if p in v) for p in PRECISIONS}
+    lines += ["", "Total ONNX bytes per precision: " + ", ".join(f"{p} {n}" for p, n in total.items() if n), "",
+              "## Parity of the fp32 export with torch", "",
+              "| component | random inputs max abs | real inputs max abs | min cosine |", "|---|---:|---:|---:|"]
+    for component, entry in parity["components"].items():
+        lines.append(f"| {component} | {entry['random']['max_abs']:.3g} | {entry['real']['max_abs']:.3g} | "
+                     f"{entry['min_cosine']:.7f} |")
+    if parity.get("greedy"):
+        g = parity["greedy"]
+        lines += ["", f"Greedy decoding with the KV cache (onnxruntime) vs without (torch): "
+                      f"{'identical' if g['tokens_match'] else 'DIFFERENT'} tokens over {g['steps']} steps x {g['batch']}."]
+    info = {k: (f"{len(v)} labels, e.g. {v[0]!r}" if k == "labels" and v else v) for k, v in prepared.model_info.items()}
+    lines += ["", "## Preprocessing contract", "",
+              *(f"- {section}: `{json.dumps(config)}`" for section, config in prepared.preprocess.to_dict().items()),
+              "", "## Model (manifest `model` object)", "", *(f"- {k}: {v}" for k, v in info.items()), "",
+              "## Provenance", "",
+              f"- export command: `{provenance['export']['command']}`",
+              f"- real inputs: {prepared.sources['real_inputs']}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in provenance["versions"].items()),
+              f"- created: {provenance['export']['created']}", ""]
+    return "\n".join(lines)
+
+
+def build_bundle(request: ExportRequest) -> Bundle:
+    """Export the checkpoint of ``request`` into a verified bundle at ``request.out``; returns it."""
+    started = time.perf_counter()
+    prepared = prepare(request)
+    name = bundle_name(request)
+    quantized = [p for p in request.precisions if p != "fp32"]
+    steps = len(prepared.graphs) * (1 + len(quantized)) + 2  # exports, variants, parity, write
+    # The writer checks the destination now, before minutes of work; it publishes only at the end.
+    with BundleWriter(request.out, overwrite=request.force) as writer, \
+            tempfile.TemporaryDirectory(prefix="tinymm-export-") as tmp, \
+            tqdm(total=steps, desc="export", unit="step", disable=not request.progress) as bar:
+        work = Path(tmp)
+        files: dict[str, dict[str, Path]] = {}
+        seconds: dict[str, float] = {}
+        for component, graph in prepared.graphs.items():
+            bar.set_postfix_str(f"onnx {component}")
+            t = time.perf_counter()
+            files[component] = {"fp32": export_onnx(graph, work / f"{component}.onnx", request.options)}
+            seconds[component] = round(time.perf_counter() - t, 3)
+            bar.update()
+        bar.set_postfix_str("parity")
+        sessions = {c: load_session(paths["fp32"]) for c, paths in files.items()}
+        records = record_golden(prepared.graphs, prepared.real_cases)
+        parity: dict[str, Any] = {"max_abs_limit": TOLERANCES["fp32"].max_abs, "components": {
+            c: component_parity(prepared.graphs[c], sessions[c], prepared.random_cases[c],
+                                [(records[c].inputs, records[c].outputs)])
+            for c in prepared.graphs}}
+        if prepared.greedy is not None:
+            parity["greedy"] = prepared.greedy(sessions)
+        check_parity(parity)
+        bar.update()
+        golden = {c: {"fp32": evaluate_variant(files[c]["fp32"], records[c], "fp32")} for c in files}
+        gates: dict[str, Any] = {}
+        for precision in quantized:
+            for component in prepared.graphs:
+                bar.set_postfix_str(f"{precision} {component}")
+                path, gate = _variant(precision, component, files[component]["fp32"], work, prepared,
+                                      records[component])
+                files[component][precision] = path
+                golden[component][precision] = evaluate_variant(path, records[component], precision)
+                if gate is not None:
+                    gates[component] = gate
+                bar.update()
+        failed = [r for by_precision in golden.values() for r in by_precision.values() if not r.passed]
+        if failed:
+            raise ParityError(
+                "variant(s) outside their golden tolerance: " + "; ".join(
+                    f"{r.component} {r.precision} ({', '.join(r.failures)})" for r in failed)
+                + ". Export without that precision, or exclude the sensitive nodes from quantization; nothing was written")
+        bar.set_postfix_str("write")
+        _write(writer, request, name, prepared, files, records, golden, dict(parity, int8_gate=gates), seconds,
+               started)
+        bar.update()
+    bundle = read_bundle(request.out)
+    report = verify_bundle(bundle)
+    logger.info("bundle %s at %s: %d files, %d bytes, verified", name, request.out, report.files_checked,
+                report.bytes_checked)
+    return bundle
+
+
+def _write(writer: BundleWriter, request: ExportRequest, name: str, prepared: Prepared,
+           files: Mapping[str, Mapping[str, Path]], records: Mapping[str, GoldenRecord],
+           golden: Mapping[str, Mapping[str, GoldenResult]], parity: Mapping[str, Any], seconds: Mapping[str, float],
+           started: float) -> None:
+    """Stage every file in ``writer`` and publish the bundle (BundleWriter validates it first)."""
+    from train.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_meta
+
+    meta = read_checkpoint_meta(request.checkpoint)
+    provenance = _json_safe({
+        "checkpoint": {"path": str(request.checkpoint), "kind": meta["kind"], "step": meta["step"],
+                       "sha256": sha256_file(request.checkpoint / WEIGHTS_FILE),
+                       "config_sha256": sha256_file(request.checkpoint / CONFIG_FILE)},
+        "training": meta.get("extra", {}),
+        "export": {"command": request.command, "exporter": "torch.onnx TorchScript (dynamo=False)",
+                   "opset": request.options.opset, "precisions": list(request.precisions),
+                   "export_seconds": dict(seconds), "total_seconds": round(time.perf_counter() - started, 1),
+                   "sources": dict(prepared.sources), "parity": parity,
+                   "golden": {c: {p: {"max_abs": r.max_abs, "min_cosine": r.min_cosine} for p, r in by_p.items()}
+                              for c, by_p in golden.items()},
+                   "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "versions": _versions(),
+    })
+    components = {}
+    for component, variants in files.items():
+        bundle_files = {}
+        for precision, path in variants.items():
+            writer.add_file(path.name, path)
+            bundle_files[precision] = path.name
+        components[component] = prepared.graphs[component].component(bundle_files)
+    writer.add_file(prepared.tokenizer_path.name, prepared.tokenizer_path)
+    pairs = write_golden(writer, records, {c: list(v) for c, v in files.items()})
+    writer.add_text("README.md", _model_card(name, prepared, files, golden, provenance))
+    writer.write(name=name, family=prepared.family, tasks=prepared.tasks, components=components,
+                 preprocess=prepared.preprocess, golden=pairs, provenance=provenance, model=prepared.model_info)
