@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -29,8 +27,8 @@ from typing import Callable
 
 import cv2
 import numpy as np
-import soxr
 
+from tinymm.bench.machine import collect_machine_facts
 from tinymm.preprocess.audio import AudioPreprocessor
 from tinymm.preprocess.config import AudioConfig, ImageConfig
 from tinymm.preprocess.image import ImagePreprocessor
@@ -73,27 +71,10 @@ def _time(name: str, fn: Callable[[], object], runs: int, warmup: int, target_ms
     return Result(name, shape, float(p50), float(p90), float(p99), target_ms)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict[str, object]:
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "opencv_threads": cv2.getNumThreads(),
-        "soxr": soxr.__version__,
-    }
+    """The runtime's machine facts, plus OpenCV's thread count (it drives the resize speed)."""
+    facts = collect_machine_facts()
+    return {**facts.to_dict(), "opencv_threads": cv2.getNumThreads(), "summary": facts.summary()}
 
 
 def run(runs: int, warmup: int) -> list[Result]:
@@ -125,7 +106,7 @@ def markdown(results: list[Result], machine: dict[str, object], command: str) ->
             f"| {r.name} | {r.output_shape} | {r.median_ms:.3f} | {r.p90_ms:.3f} | {r.p99_ms:.3f} | {target} | {ok} |"
         )
     lines.append("")
-    lines.append("Machine: " + ", ".join(f"{k}={v}" for k, v in machine.items()))
+    lines.append(f"Machine: {machine['summary']}, OpenCV threads {machine['opencv_threads']}")
     lines.append(f"Command: `{command}`")
     return "\n".join(lines)
 
