@@ -23,6 +23,12 @@ RUNTIME_MODULES = (
     "tinymm.backends",
     "tinymm.backends.base",
     "tinymm.backends.onnxruntime",
+    "tinymm.backends.engine_cache",
+    "tinymm.decoding",
+    "tinymm.pipelines",
+    "tinymm.streams",
+    "tinymm.bench",
+    "tinymm.intent",
 )
 
 

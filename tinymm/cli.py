@@ -28,7 +28,18 @@ from typing import Any, Iterator, Sequence
 from tinymm import __version__
 from tinymm.errors import EXIT_OK, EXIT_USAGE, TinymmError
 
-COMMAND_MODULES = ("tinymm.commands.info",)  # each has add_parser(subparsers) and run(args)
+COMMAND_MODULES = (  # each has add_parser(subparsers) and run(args)
+    "tinymm.commands.info",
+    "tinymm.commands.verify",
+    "tinymm.commands.bench",
+    "tinymm.commands.caption",
+    "tinymm.commands.ask",
+    "tinymm.commands.classify",
+    "tinymm.commands.transcribe",
+    "tinymm.commands.command",
+    "tinymm.commands.watch",
+    "tinymm.commands.listen",
+)
 EXIT_UNEXPECTED = 1  # an exception that is not a TinymmError: a bug, or an unforeseen environment
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 LOG_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)  # by number of -v flags

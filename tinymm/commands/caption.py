@@ -1,0 +1,42 @@
+"""``tinymm caption IMAGE...``: describe images with a vision-language bundle.
+
+``-`` reads one encoded image (JPEG, PNG, BMP, WebP) from stdin. Several images are captioned as
+one batch. Prints one caption per line (``IMAGE: caption`` when there are several); ``--json``
+prints ``{"ok": true, "bundle": ..., "results": [{"input": ..., "text": ..., "confidence": ...,
+"timings": {...}}]}``. A corrupt or empty image is a bad input (exit 3); a missing bundle exit 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from tinymm.decoding.options import DecodingOptions
+    from tinymm.pipelines.loading import DEFAULT_VISION_BUNDLE, LoadOptions
+
+    parser = subparsers.add_parser("caption", help="describe images", description="Describe images (one batch).")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file, or - for image bytes on stdin")
+    LoadOptions.add_arguments(parser, default_bundle=DEFAULT_VISION_BUNDLE)
+    DecodingOptions.add_arguments(parser)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from tinymm.decoding.options import DecodingOptions
+    from tinymm.pipelines.loading import LoadOptions, load_with
+
+    vlm = load_with(args.bundle, LoadOptions.from_args(args), family="vision-language")
+    images = [sys.stdin.buffer.read() if name == "-" else name for name in args.images]
+    results = vlm.caption(images, decoding=DecodingOptions.from_args(args))
+    if args.json:
+        items = [{"input": name, **result.to_dict()} for name, result in zip(args.images, results)]
+        payload = {"ok": True, "bundle": vlm.name, "results": items}
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    else:
+        for name, result in zip(args.images, results):
+            sys.stdout.write(f"{name}: {result.text}\n" if len(results) > 1 else f"{result.text}\n")
+    return 0

@@ -1,0 +1,41 @@
+"""``tinymm command CLIP``: understand a spoken robot command (transcript + intent).
+
+``CLIP`` is a WAV file, or ``-`` for WAV bytes on stdin. Prints the transcript and the intent
+(``{"action": "move", "direction": "forward", "distance_m": 3}``), or ``intent: none`` when the
+words are outside the command grammar (still exit 0: the audio was understood, it is just not a
+command). ``--json`` prints ``{"ok": true, "bundle": ..., "input": ..., "transcript": ...,
+"intent": {...} | null, "confidence": ..., "duration_s": ..., "timings": {...}}``. Empty or
+unreadable audio exits 3; a missing bundle 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from tinymm.pipelines.loading import DEFAULT_SPEECH_BUNDLE, LoadOptions
+
+    parser = subparsers.add_parser(
+        "command", help="understand a spoken command", description="Transcribe a spoken command and parse its intent."
+    )
+    parser.add_argument("clip", metavar="CLIP", help="WAV file, or - for WAV bytes on stdin")
+    LoadOptions.add_arguments(parser, default_bundle=DEFAULT_SPEECH_BUNDLE)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from tinymm.pipelines.loading import LoadOptions, load_with
+
+    speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
+    result = speech.command(sys.stdin.buffer.read() if args.clip == "-" else args.clip)
+    if args.json:
+        payload = {"ok": True, "bundle": speech.name, "input": args.clip, **result.to_dict()}
+        sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
+    else:
+        intent = "none" if result.intent is None else json.dumps(result.intent.to_dict(), ensure_ascii=False)
+        sys.stdout.write(f"transcript: {result.text}\nintent: {intent}\n")
+    return 0

@@ -1,0 +1,104 @@
+"""Decoding in numpy over any backend Session: greedy and beam search with a KV cache, CTC.
+
+Split as whisper splits its decoder, so that a pipeline assembles the pieces it needs:
+
+- ``options``: ``DecodingOptions`` (max new tokens, beam size, length penalty, repetition
+  penalty, no-repeat n-gram size), checked once;
+- ``filters``: logit filters (repetition penalty, no-repeat n-gram) and the log-softmax;
+- ``inference``: ``KVCacheInference`` (decoder_first, then decoder_with_past with the cache as a
+  dict of arrays, or OrtValues kept on the device) and ``RecomputeInference`` (no cache);
+- ``search``: ``greedy_search``, ``beam_search`` and ``generate``, which picks between them;
+- ``ctc``: ``ctc_greedy_decode`` for the speech encoder.
+
+Names are imported from their module on first use (PEP 562), so that ``tinymm.decoding.options``
+(the CLI flags of DecodingOptions) can be imported without numpy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "CTCHypothesis": "ctc",
+    "ctc_greedy_decode": "ctc",
+    "NoRepeatNGram": "filters",
+    "RepetitionPenalty": "filters",
+    "build_filters": "filters",
+    "log_softmax": "filters",
+    "Inference": "inference",
+    "KVCacheInference": "inference",
+    "RecomputeInference": "inference",
+    "check_decoder_layout": "inference",
+    "count_layers": "inference",
+    "cross_from_outputs": "inference",
+    "kv_names": "inference",
+    "make_inference": "inference",
+    "DecodingOptions": "options",
+    "Generation": "search",
+    "Hypothesis": "search",
+    "beam_search": "search",
+    "generate": "search",
+    "greedy_search": "search",
+}
+
+if TYPE_CHECKING:
+    from tinymm.decoding.ctc import CTCHypothesis, ctc_greedy_decode
+    from tinymm.decoding.filters import (
+        NoRepeatNGram,
+        RepetitionPenalty,
+        build_filters,
+        log_softmax,
+    )
+    from tinymm.decoding.inference import (
+        Inference,
+        KVCacheInference,
+        RecomputeInference,
+        check_decoder_layout,
+        count_layers,
+        cross_from_outputs,
+        kv_names,
+        make_inference,
+    )
+    from tinymm.decoding.options import DecodingOptions
+    from tinymm.decoding.search import (
+        Generation,
+        Hypothesis,
+        beam_search,
+        generate,
+        greedy_search,
+    )
+
+__all__ = [
+    "CTCHypothesis",
+    "DecodingOptions",
+    "Generation",
+    "Hypothesis",
+    "Inference",
+    "KVCacheInference",
+    "NoRepeatNGram",
+    "RecomputeInference",
+    "RepetitionPenalty",
+    "beam_search",
+    "build_filters",
+    "check_decoder_layout",
+    "count_layers",
+    "cross_from_outputs",
+    "ctc_greedy_decode",
+    "generate",
+    "greedy_search",
+    "kv_names",
+    "log_softmax",
+    "make_inference",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tinymm.decoding' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tinymm.decoding.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,91 @@
+"""Pipelines: one readable data path per task, from raw inputs to results with timings.
+
+- ``VisionLanguagePipeline``: ``caption``, ``ask``, ``classify``, ``embed_image``, ``embed_text``;
+- ``SpeechPipeline``: ``transcribe``, ``command`` (transcript + intent);
+- ``SpokenQuestionPipeline``: ``ask(image, audio)``, a spoken question about an image;
+- ``load(name_or_path, ...)``: the pipeline of a bundle's family (also ``tinymm.load``).
+
+Each pipeline is built from a bundle with ``from_bundle`` (sherpa-onnx style); its constructor
+takes sessions, preprocessors and the manifest's model object, so that any backend Session (or a
+test's fake) can be plugged in. Results are in ``results``.
+
+Names are imported from their module on first use (PEP 562): the CLI declares its flags from
+``loading`` without importing numpy, OpenCV or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "LoadOptions": "loading",
+    "default_bundle_names": "loading",
+    "load": "loading",
+    "resolve_bundle": "loading",
+    "AnswerResult": "results",
+    "CaptionResult": "results",
+    "ClassifyResult": "results",
+    "CommandResult": "results",
+    "SpokenAnswerResult": "results",
+    "Timings": "results",
+    "TranscriptResult": "results",
+    "SpeechPipeline": "speech",
+    "SpeechSettings": "speech",
+    "SpokenQuestionPipeline": "spoken_question",
+    "VisionLanguagePipeline": "vision_language",
+    "VisionLanguageSettings": "vision_language",
+}
+
+if TYPE_CHECKING:
+    from tinymm.pipelines.loading import (
+        LoadOptions,
+        default_bundle_names,
+        load,
+        resolve_bundle,
+    )
+    from tinymm.pipelines.results import (
+        AnswerResult,
+        CaptionResult,
+        ClassifyResult,
+        CommandResult,
+        SpokenAnswerResult,
+        Timings,
+        TranscriptResult,
+    )
+    from tinymm.pipelines.speech import SpeechPipeline, SpeechSettings
+    from tinymm.pipelines.spoken_question import SpokenQuestionPipeline
+    from tinymm.pipelines.vision_language import (
+        VisionLanguagePipeline,
+        VisionLanguageSettings,
+    )
+
+__all__ = [
+    "AnswerResult",
+    "CaptionResult",
+    "ClassifyResult",
+    "CommandResult",
+    "LoadOptions",
+    "SpeechPipeline",
+    "SpeechSettings",
+    "SpokenAnswerResult",
+    "SpokenQuestionPipeline",
+    "Timings",
+    "TranscriptResult",
+    "VisionLanguagePipeline",
+    "VisionLanguageSettings",
+    "default_bundle_names",
+    "load",
+    "resolve_bundle",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tinymm.pipelines' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tinymm.pipelines.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,233 @@
+"""What the pipelines return: small frozen results with the text, labels or scores and timings.
+
+Every result has ``to_dict()``, a JSON-ready dict (the CLI's ``--json`` output and the stream
+events are made of these). Timings are per stage, in milliseconds, measured with
+``time.perf_counter``; a batched call shares one Timings among its results (``batch_size`` says
+how many inputs shared it).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tinymm.intent import Intent
+
+MS_PER_S = 1000.0
+MS_DECIMALS = 3  # timings are rounded to microseconds in to_dict()
+SCORE_DECIMALS = 6
+
+
+def _ms(value: float) -> float:
+    return round(float(value), MS_DECIMALS)
+
+
+def _score(value: float) -> float:
+    return round(float(value), SCORE_DECIMALS)
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall time of each stage of one pipeline call, in milliseconds."""
+
+    preprocess_ms: float = 0.0  # decode, resize and normalize images; load, resample and log-mel audio
+    encode_ms: float = 0.0  # the image or speech encoder
+    prefill_ms: float = 0.0  # the decoder over the prompt, up to the first generated token
+    decode_ms: tuple[float, ...] = ()  # each later decoder step (one token per row), in order
+    postprocess_ms: float = 0.0  # detokenize, CTC collapse, intent parsing, label ranking
+    batch_size: int = 1  # inputs that shared these stages
+
+    @property
+    def decode_total_ms(self) -> float:
+        return float(sum(self.decode_ms))
+
+    @property
+    def total_ms(self) -> float:
+        return self.preprocess_ms + self.encode_ms + self.prefill_ms + self.decode_total_ms + self.postprocess_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        steps = len(self.decode_ms)
+        return {
+            "preprocess_ms": _ms(self.preprocess_ms),
+            "encode_ms": _ms(self.encode_ms),
+            "prefill_ms": _ms(self.prefill_ms),
+            "decode_ms": _ms(self.decode_total_ms),
+            "decode_steps": steps,
+            "decode_ms_per_token": _ms(self.decode_total_ms / steps) if steps else 0.0,
+            "postprocess_ms": _ms(self.postprocess_ms),
+            "total_ms": _ms(self.total_ms),
+            "batch_size": self.batch_size,
+        }
+
+
+class StageTimer:
+    """Collects stage times for one call: ``lap("encode")`` closes the stage that just ran."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._ms: dict[str, float] = {}
+        self.decode_ms: list[float] = []
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self._ms[stage] = self._ms.get(stage, 0.0) + (now - self._last) * MS_PER_S
+        self._last = now
+
+    def restart(self) -> None:
+        """Start the next stage now, leaving the time since the last lap unaccounted (measured elsewhere)."""
+        self._last = time.perf_counter()
+
+    def add(self, stage: str, ms: float) -> None:
+        """Account ``ms`` measured elsewhere (e.g. by the decoder) to ``stage``."""
+        self._ms[stage] = self._ms.get(stage, 0.0) + ms
+
+    def timings(self, batch_size: int) -> Timings:
+        return Timings(
+            preprocess_ms=self._ms.get("preprocess", 0.0),
+            encode_ms=self._ms.get("encode", 0.0),
+            prefill_ms=self._ms.get("prefill", 0.0),
+            decode_ms=tuple(self.decode_ms),
+            postprocess_ms=self._ms.get("postprocess", 0.0),
+            batch_size=batch_size,
+        )
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """A caption of one image."""
+
+    text: str
+    token_ids: tuple[int, ...]  # generated ids, EOS excluded
+    mean_logprob: float  # per generated token, EOS included; exp() of it is a confidence in (0, 1]
+    finished: bool  # False when max_new_tokens cut the caption
+    timings: Timings = field(default_factory=Timings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "confidence": _score(math.exp(self.mean_logprob)),
+            "finished": self.finished,
+            "timings": self.timings.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class AnswerResult:
+    """The answer to one question about one image."""
+
+    question: str
+    answer: str
+    token_ids: tuple[int, ...]
+    mean_logprob: float
+    finished: bool
+    timings: Timings = field(default_factory=Timings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "answer": self.answer,
+            "token_ids": list(self.token_ids),
+            "confidence": _score(math.exp(self.mean_logprob)),
+            "finished": self.finished,
+            "timings": self.timings.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """The best labels of one image, best first."""
+
+    labels: tuple[str, ...]  # the top_k labels
+    scores: tuple[float, ...]  # cosine similarity of the image and label embeddings, in [-1, 1]
+    probabilities: tuple[float, ...]  # softmax of logit_scale * cosine over the whole label set
+    timings: Timings = field(default_factory=Timings)
+
+    @property
+    def label(self) -> str:
+        """The best label."""
+        return self.labels[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "labels": [
+                {"label": label, "score": _score(score), "probability": _score(probability)}
+                for label, score, probability in zip(self.labels, self.scores, self.probabilities)
+            ],
+            "timings": self.timings.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class TranscriptResult:
+    """The transcript of one audio clip."""
+
+    text: str
+    token_ids: tuple[int, ...]  # CTC labels after merging repeats and removing blanks
+    confidence: float  # geometric mean over frames of the best label's probability, in (0, 1]
+    duration_s: float  # clip length at the model's sample rate
+    timings: Timings = field(default_factory=Timings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "confidence": _score(self.confidence),
+            "duration_s": round(self.duration_s, MS_DECIMALS),
+            "timings": self.timings.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """A spoken command: its transcript and the intent parsed from it (None: outside the grammar)."""
+
+    transcript: TranscriptResult
+    intent: Intent | None
+
+    @property
+    def text(self) -> str:
+        return self.transcript.text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "transcript": self.transcript.text,
+            "intent": None if self.intent is None else self.intent.to_dict(),
+            "confidence": _score(self.transcript.confidence),
+            "duration_s": round(self.transcript.duration_s, MS_DECIMALS),
+            "timings": self.transcript.timings.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class SpokenAnswerResult:
+    """A spoken question about an image: what was heard, the question understood, the answer.
+
+    ``answer`` is None when the speech was not a question of the grammar (``intent`` is then
+    None or a command).
+    """
+
+    command: CommandResult
+    answer: AnswerResult | None
+
+    @property
+    def question(self) -> str | None:
+        return None if self.answer is None else self.answer.question
+
+    def to_dict(self) -> dict[str, Any]:
+        heard = self.command.to_dict()
+        return {
+            "transcript": heard["transcript"],
+            "intent": heard["intent"],
+            "question": self.question,
+            "answer": None if self.answer is None else self.answer.answer,
+            "confidence": None if self.answer is None else _score(math.exp(self.answer.mean_logprob)),
+            "timings": {
+                "speech": heard["timings"],
+                "vision": None if self.answer is None else self.answer.timings.to_dict(),
+            },
+        }

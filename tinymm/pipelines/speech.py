@@ -1,0 +1,168 @@
+"""The speech pipeline: transcribe audio, and parse spoken robot commands into intents.
+
+Data path (``_transcribe`` holds it end to end)::
+
+    audio (path, WAV bytes or (samples,) array) -> mono at the model's rate -> log-mel
+          (N, n_mels, frames) float32 + frame counts (N,) int64        [AudioPreprocessor]
+    -> speech_encoder -> log_probs (N, out_frames, V), output_lengths (N,)
+    -> CTC best path (repeats merged, blanks dropped) -> Tokenizer.decode -> transcript
+    -> (command) IntentParser -> Intent or None
+
+The component follows export/LAYOUT.md; the CTC blank id and the longest input the encoder
+takes (``max_frames``) come from the manifest's ``model`` object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from tinymm.backends.base import Session
+from tinymm.decoding import ctc_greedy_decode
+from tinymm.errors import BundleError, InputError
+from tinymm.intent import IntentParser
+from tinymm.pipelines.loading import LoadOptions, bundle_tokenizer, open_sessions
+from tinymm.pipelines.results import CommandResult, StageTimer, TranscriptResult
+from tinymm.preprocess.audio import AudioPreprocessor, batch_features
+from tinymm.preprocess.text import Tokenizer
+
+if TYPE_CHECKING:
+    from tinymm.bundle import Bundle
+
+COMPONENT = "speech_encoder"
+
+
+@dataclass(frozen=True)
+class SpeechSettings:
+    """What the runtime needs beyond the graph, from the manifest's ``model`` object."""
+
+    blank_id: int  # the CTC blank label
+    max_frames: int | None  # most feature frames the encoder takes; None: no limit
+
+    @classmethod
+    def from_model_info(cls, info: Mapping[str, Any], tokenizer: Tokenizer) -> SpeechSettings:
+        blank = info.get("blank_id", tokenizer.config.pad_id)
+        if isinstance(blank, bool) or not isinstance(blank, int) or not 0 <= blank < tokenizer.vocab_size:
+            raise BundleError(
+                f"manifest model.blank_id={blank!r} is not a label of the {tokenizer.vocab_size}-label vocabulary; "
+                "re-export the bundle"
+            )
+        max_frames = info.get("max_frames")
+        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
+            raise BundleError(f"manifest model.max_frames={max_frames!r} must be a positive integer")
+        return cls(blank_id=blank, max_frames=max_frames)
+
+
+class SpeechPipeline:
+    """Transcripts and spoken commands from one speech bundle.
+
+    Build it with ``from_bundle`` (or ``tinymm.load``); the constructor takes the session, the
+    preprocessors and the manifest's model object, so tests and other backends can pass their own.
+    """
+
+    family = "speech"
+
+    def __init__(
+        self,
+        *,
+        encoder: Session,
+        preprocessor: AudioPreprocessor,
+        tokenizer: Tokenizer,
+        model_info: Mapping[str, Any] | None = None,
+        intent_parser: IntentParser | None = None,
+        name: str = "speech",
+    ) -> None:
+        self.encoder, self.preprocessor, self.tokenizer, self.name = encoder, preprocessor, tokenizer, name
+        self.settings = SpeechSettings.from_model_info(model_info or {}, tokenizer)
+        self.intent_parser = intent_parser if intent_parser is not None else IntentParser()
+        self.bundle: Bundle | None = None  # set by from_bundle; keeps an extracted archive alive
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, options: LoadOptions | None = None) -> SpeechPipeline:
+        """Load the speech encoder of a speech bundle with ``options`` (default: LoadOptions())."""
+        if bundle.manifest.family != cls.family:
+            raise BundleError(f"bundle {bundle.name!r} is a {bundle.manifest.family} bundle, not a {cls.family} one")
+        audio = bundle.manifest.preprocess.audio
+        if audio is None:
+            raise BundleError(f"bundle {bundle.name!r} has no preprocess.audio section; re-export it")
+        sessions = open_sessions(bundle, (COMPONENT,), (), options or LoadOptions())
+        pipeline = cls(encoder=sessions[COMPONENT], preprocessor=AudioPreprocessor(audio),
+                       tokenizer=bundle_tokenizer(bundle), model_info=bundle.manifest.model, name=bundle.name)
+        pipeline.bundle = bundle
+        return pipeline
+
+    @property
+    def sample_rate(self) -> int:
+        """Hz the model listens at; other rates are resampled to it."""
+        return self.preprocessor.config.sample_rate
+
+    def __repr__(self) -> str:
+        return f"SpeechPipeline({self.name!r}, provider={self.encoder.provider})"
+
+    def transcribe(self, audio: Any, sample_rate: int | None = None) -> TranscriptResult | list[TranscriptResult]:
+        """Transcribe one clip or a list of clips (one batch).
+
+        Args:
+            audio: a path, the bytes of a WAV file, or a (samples,) / (samples, channels) float
+                array in [-1, 1] (or int16 PCM); or a list of them.
+            sample_rate: Hz of array inputs (required for arrays; files carry their own).
+
+        Returns:
+            A TranscriptResult, or a list of them for a list of clips.
+
+        Raises:
+            InputError: unreadable, empty, too short or too long audio.
+        """
+        clips, single = self._as_batch(audio)
+        results = self._transcribe(clips, sample_rate)
+        return results[0] if single else results
+
+    def command(self, audio: Any, sample_rate: int | None = None) -> CommandResult | list[CommandResult]:
+        """Transcribe and parse spoken commands; ``intent`` is None when the words are outside the grammar."""
+        clips, single = self._as_batch(audio)
+        results = [CommandResult(t, self.intent_parser.parse(t.text)) for t in self._transcribe(clips, sample_rate)]
+        return results[0] if single else results
+
+    @staticmethod
+    def _as_batch(audio: Any) -> tuple[list[Any], bool]:
+        if isinstance(audio, (list, tuple)):
+            if not audio:
+                raise InputError("got an empty list of audio clips; pass at least one")
+            return list(audio), False
+        return [audio], True
+
+    def _transcribe(self, clips: list[Any], sample_rate: int | None) -> list[TranscriptResult]:
+        """The data path: load and log-mel, encode, CTC best path, detokenize."""
+        timer = StageTimer()
+        waves = []
+        for i, clip in enumerate(clips):
+            try:
+                waves.append(self.preprocessor.waveform(clip, sample_rate))  # (samples,) float32 mono
+            except InputError as e:
+                if len(clips) == 1:
+                    raise
+                raise InputError(f"clip {i} of the batch of {len(clips)}: {e}") from e
+        features, lengths = batch_features([self.preprocessor.features(w) for w in waves])  # (N, n_mels, F), (N,)
+        self._check_length(int(lengths.max()))
+        timer.lap("preprocess")
+        out = self.encoder.run({"features": features.astype(np.float32, copy=False), "feature_lengths": lengths})
+        timer.lap("encode")
+        hyps = ctc_greedy_decode(out["log_probs"], out["output_lengths"], self.settings.blank_id)
+        texts = [self.tokenizer.decode(list(h.tokens)) for h in hyps]
+        timer.lap("postprocess")
+        timings = timer.timings(len(clips))
+        return [
+            TranscriptResult(text, h.tokens, h.confidence, len(w) / self.sample_rate, timings)
+            for text, h, w in zip(texts, hyps, waves)
+        ]
+
+    def _check_length(self, frames: int) -> None:
+        limit = self.settings.max_frames
+        if limit is not None and frames > limit:
+            hop_s = self.preprocessor.config.hop_length / self.sample_rate
+            raise InputError(
+                f"the audio is {frames * hop_s:.1f} s long ({frames} feature frames) but this model takes at most "
+                f"{limit * hop_s:.1f} s ({limit} frames); split it into shorter clips (tinymm listen does this)"
+            )

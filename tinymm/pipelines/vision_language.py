@@ -1,0 +1,354 @@
+"""The vision-language pipeline: caption, ask, classify, embed_image and embed_text.
+
+Data path of ``caption`` and ``ask`` (``_generate`` holds it end to end)::
+
+    images -> ImagePreprocessor -> pixel_values (N, 3, H, W) float32
+           -> image_encoder -> cross.{i}.key|value (N, heads, N_img, head_dim), once per image
+    prompt -> the bundle's template ("caption:", "question: {question} answer:") -> ids (T,) int64
+           -> decoder_first over the prompt (prefill) -> decoder_with_past, one token per step,
+              with the self-attention KV cache (greedy or beam search, tinymm.decoding)
+           -> generated ids -> Tokenizer.decode -> text
+
+``classify`` compares the image encoder's ``image_embedding`` (N, E) with the text encoder's
+embedding of each label (the labels go through the bundle's "classify" template, as in
+training): cosine similarity, and a softmax of ``logit_scale * cosine`` over the label set.
+
+The components and their tensors follow export/LAYOUT.md; the hyperparameters come from the
+manifest's ``model`` object (``VisionLanguageSettings``). One image gives one result, a list of
+images a list of results, computed as one batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from tinymm.backends.base import GPU_PROVIDERS, Session
+from tinymm.decoding import (
+    DecodingOptions,
+    Hypothesis,
+    check_decoder_layout,
+    count_layers,
+    cross_from_outputs,
+    generate,
+    make_inference,
+)
+from tinymm.errors import BundleError, InputError
+from tinymm.pipelines.loading import LoadOptions, bundle_tokenizer, open_sessions
+from tinymm.pipelines.results import (
+    AnswerResult,
+    CaptionResult,
+    ClassifyResult,
+    StageTimer,
+    Timings,
+)
+from tinymm.preprocess.image import ImagePreprocessor
+from tinymm.preprocess.text import Tokenizer
+
+if TYPE_CHECKING:
+    from tinymm.bundle import Bundle
+
+logger = logging.getLogger(__name__)
+
+CAPTION, ASK, CLASSIFY = "caption", "ask", "classify"  # prompt template names (tasks)
+DEFAULT_MAX_NEW_TOKENS = 32  # when the manifest's model object gives none
+DEFAULT_LOGIT_SCALE = 100.0  # CLIP's largest logit scale, when the manifest gives none
+DEFAULT_TOP_K = 5  # labels a classify result lists
+
+
+@dataclass(frozen=True)
+class VisionLanguageSettings:
+    """What the runtime needs beyond the graphs, from the manifest's ``model`` object and text contract."""
+
+    num_layers: int  # decoder layers (counted from decoder_first's cross.{i}.key inputs)
+    eos_id: int  # the token that ends a caption or an answer
+    max_length: int  # tokens the decoder holds, prompt included
+    max_new_tokens: int  # default cap on generated tokens, EOS included
+    logit_scale: float  # classify: probabilities are softmax(logit_scale * cosine)
+    labels: tuple[str, ...]  # classify's default label set; () when the bundle ships none
+
+    @classmethod
+    def from_model_info(cls, info: Mapping[str, Any], tokenizer: Tokenizer, num_layers: int) -> VisionLanguageSettings:
+        """Read and check ``info`` (the manifest's model object); BundleError naming the bad key."""
+        text = tokenizer.config
+
+        def number(key: str, default: Any, kind: type) -> Any:
+            value = info.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
+                raise BundleError(f"manifest model.{key}={value!r} must be a positive {kind.__name__}; re-export the bundle")
+            return kind(value)
+
+        declared = info.get("num_layers", num_layers)
+        if declared != num_layers:
+            raise BundleError(
+                f"manifest model.num_layers={declared!r} but decoder_first takes cross K/V for {num_layers} "
+                "layer(s); the manifest and the graphs disagree, re-export the bundle"
+            )
+        if text.eos_id < 0:
+            raise BundleError("the bundle's text contract has no eos_id (-1), so decoding could never stop; re-export it")
+        labels = info.get("labels", ())
+        if not isinstance(labels, (list, tuple)) or not all(isinstance(x, str) and x.strip() for x in labels):
+            raise BundleError(f"manifest model.labels must be a list of non-empty strings, got {labels!r:.80}")
+        if "logit_scale" not in info:
+            logger.warning("bundle gives no model.logit_scale; classify probabilities use %g", DEFAULT_LOGIT_SCALE)
+        return cls(
+            num_layers=num_layers,
+            eos_id=text.eos_id,
+            max_length=min(number("max_length", text.context_length, int), text.context_length),
+            max_new_tokens=number("max_new_tokens", DEFAULT_MAX_NEW_TOKENS, int),
+            logit_scale=number("logit_scale", DEFAULT_LOGIT_SCALE, float),
+            labels=tuple(labels),
+        )
+
+
+def _as_batch(items: Any, what: str) -> tuple[list[Any], bool]:
+    """(list of inputs, whether a single input was given); a 4-D array is a batch of frames."""
+    if isinstance(items, (list, tuple)) or (isinstance(items, np.ndarray) and items.ndim == 4):
+        batch = list(items)
+        if not batch:
+            raise InputError(f"got an empty list of {what}; pass at least one")
+        return batch, False
+    return [items], True
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+class VisionLanguagePipeline:
+    """Captions, answers, zero-shot labels and embeddings from one vision-language bundle.
+
+    Build it with ``from_bundle`` (or ``tinymm.load``); the constructor takes the sessions, the
+    preprocessors and the manifest's model object, so tests and other backends can pass their own.
+    """
+
+    family = "vision-language"
+
+    def __init__(
+        self,
+        *,
+        image_encoder: Session,
+        decoder_first: Session,
+        preprocessor: ImagePreprocessor,
+        tokenizer: Tokenizer,
+        decoder_with_past: Session | None = None,
+        text_encoder: Session | None = None,
+        model_info: Mapping[str, Any] | None = None,
+        device_cache: bool = False,
+        name: str = "vision-language",
+    ) -> None:
+        """decoder_with_past None decodes without a KV cache (decoder_first over the whole text each step).
+
+        device_cache: keep the KV cache on the decoder's device between steps (GPU providers).
+        """
+        self.image_encoder, self.decoder_first, self.decoder_with_past = image_encoder, decoder_first, decoder_with_past
+        self.text_encoder, self.preprocessor, self.tokenizer, self.name = text_encoder, preprocessor, tokenizer, name
+        self.device_cache = device_cache
+        num_layers = count_layers(decoder_first)
+        check_decoder_layout(decoder_first, decoder_with_past, num_layers)
+        self.settings = VisionLanguageSettings.from_model_info(model_info or {}, tokenizer, num_layers)
+        self.bundle: Bundle | None = None  # set by from_bundle; keeps an extracted archive alive
+        self._label_cache: tuple[tuple[str, ...], np.ndarray] | None = None  # the last label set's embeddings
+
+    @classmethod
+    def from_bundle(cls, bundle: Bundle, options: LoadOptions | None = None) -> VisionLanguagePipeline:
+        """Load the components of a vision-language bundle with ``options`` (default: LoadOptions())."""
+        if bundle.manifest.family != cls.family:
+            raise BundleError(f"bundle {bundle.name!r} is a {bundle.manifest.family} bundle, not a {cls.family} one")
+        image = bundle.manifest.preprocess.image
+        if image is None:
+            raise BundleError(f"bundle {bundle.name!r} has no preprocess.image section; re-export it")
+        sessions = open_sessions(
+            bundle, ("image_encoder", "decoder_first"), ("decoder_with_past", "text_encoder"), options or LoadOptions()
+        )
+        with_past = sessions.get("decoder_with_past")
+        pipeline = cls(
+            image_encoder=sessions["image_encoder"], decoder_first=sessions["decoder_first"],
+            decoder_with_past=with_past, text_encoder=sessions.get("text_encoder"),
+            preprocessor=ImagePreprocessor(image), tokenizer=bundle_tokenizer(bundle),
+            model_info=bundle.manifest.model, name=bundle.name,
+            device_cache=with_past is not None and with_past.provider in GPU_PROVIDERS,
+        )
+        pipeline.bundle = bundle
+        return pipeline
+
+    def __repr__(self) -> str:
+        return f"VisionLanguagePipeline({self.name!r}, provider={self.image_encoder.provider})"
+
+    # ---- caption and ask -------------------------------------------------------------------
+
+    def caption(
+        self, images: Any, *, decoding: DecodingOptions | None = None, rgb: bool = False
+    ) -> CaptionResult | list[CaptionResult]:
+        """Describe one image (a path, encoded bytes or an (H, W, 3) array; BGR unless ``rgb``) or a list.
+
+        Returns a CaptionResult, or a list of them for a list of images (decoded as one batch).
+        """
+        batch, single = _as_batch(images, "images")
+        hyps, texts, timings = self._generate(batch, CAPTION, [None] * len(batch), decoding, rgb)
+        results = [CaptionResult(text, h.tokens, h.mean_logprob, h.finished, timings) for h, text in zip(hyps, texts)]
+        return results[0] if single else results
+
+    def ask(
+        self, images: Any, question: str | Sequence[str], *, decoding: DecodingOptions | None = None, rgb: bool = False
+    ) -> AnswerResult | list[AnswerResult]:
+        """Answer ``question`` about one image, or about each image of a list.
+
+        ``question`` is one string (asked of every image) or a list with one question per image.
+        """
+        batch, single = _as_batch(images, "images")
+        questions = [question] * len(batch) if isinstance(question, str) else list(question)
+        if len(questions) != len(batch):
+            raise InputError(f"got {len(questions)} questions for {len(batch)} images; give one question, or one per image")
+        for q in questions:
+            if not isinstance(q, str) or not q.strip():
+                raise InputError(f"question {q!r} is empty; ask something, e.g. 'what color is the star?'")
+        hyps, answers, timings = self._generate(batch, ASK, questions, decoding, rgb)
+        results = [AnswerResult(q, answer, h.tokens, h.mean_logprob, h.finished, timings)
+                   for q, h, answer in zip(questions, hyps, answers)]
+        return results[0] if single else results
+
+    def _prompt(self, task: str, text: str | None, max_new_tokens: int) -> np.ndarray:
+        """(T,) int64 prompt of ``task``, its one placeholder (if any) filled with ``text``."""
+        if task not in self.tokenizer.tasks:
+            if task == CAPTION:  # a bundle without a caption template: the decoder starts from BOS
+                return np.asarray([max(self.tokenizer.config.bos_id, 0)], dtype=np.int64)
+            raise BundleError(
+                f"bundle {self.name!r} has no {task!r} prompt template (it has {list(self.tokenizer.tasks)}), "
+                f"so it cannot {task}; use a bundle exported for that task"
+            )
+        placeholders = self.tokenizer.placeholders(task)
+        if len(placeholders) > 1:
+            raise BundleError(f"prompt template {task!r} has placeholders {list(placeholders)}; the runtime fills one")
+        fields = {placeholders[0]: text or ""} if placeholders else {}
+        return self.tokenizer.encode_prompt(task, max_new_tokens=max_new_tokens, **fields)
+
+    def _generate(
+        self, images: list[Any], task: str, texts: list[str | None], decoding: DecodingOptions | None, rgb: bool
+    ) -> tuple[list[Hypothesis], list[str], Timings]:
+        """The data path of caption and ask: preprocess, encode, prefill, decode loop, detokenize.
+
+        Returns the best hypothesis and its text for each image, and the timings of the batch.
+        """
+        options = decoding if decoding is not None else DecodingOptions()
+        if not isinstance(options, DecodingOptions):
+            raise TypeError(f"decoding must be a DecodingOptions, got {type(options).__name__}")
+        settings = self.settings
+        max_new = options.max_new_tokens or settings.max_new_tokens
+        # A prompt is cut only where it would leave the answer less than this (at most half the context).
+        reserved = min(max_new, settings.max_length // 2)
+        timer = StageTimer()
+        pixels = self.preprocessor(images, rgb=rgb)  # (N, 3, H, W)
+        prompts = [self._prompt(task, text, reserved) for text in texts]  # N x (T_i,) int64
+        timer.lap("preprocess")
+        encoded = self.image_encoder.run({"pixel_values": pixels})
+        cross = cross_from_outputs(encoded, settings.num_layers)  # name -> (N, heads, N_img, head_dim)
+        timer.lap("encode")
+        by_length: dict[int, list[int]] = {}
+        for i, prompt in enumerate(prompts):  # the decoder has no padding mask: batch equal lengths
+            by_length.setdefault(len(prompt), []).append(i)
+        hyps: list[Hypothesis] = [None] * len(images)  # type: ignore[list-item]
+        for length, rows in by_length.items():
+            room = min(max_new, settings.max_length - length)
+            if room < 1:
+                raise InputError(f"the prompt takes {length} tokens, the whole decoder context; shorten the question")
+            inference = make_inference(
+                self.decoder_first, self.decoder_with_past, {k: v[rows] for k, v in cross.items()},
+                settings.num_layers, device_cache=self.device_cache,
+            )
+            ids = np.stack([prompts[i] for i in rows])  # (n, T) int64
+            generation = generate(inference, ids, eos_id=settings.eos_id, max_new_tokens=room, options=options)
+            timer.add("prefill", generation.prefill_ms)
+            timer.decode_ms.extend(generation.step_ms)
+            for i, best in zip(rows, generation.best):
+                hyps[i] = best
+        timer.restart()  # the decoder timed its own steps
+        texts = [self.tokenizer.decode(list(h.tokens)).strip() for h in hyps]
+        timer.lap("postprocess")
+        return hyps, texts, timer.timings(len(images))
+
+    # ---- classify and embeddings -----------------------------------------------------------
+
+    def _require_text_encoder(self, what: str) -> Session:
+        if self.text_encoder is None:
+            raise BundleError(f"bundle {self.name!r} has no text_encoder component, so it cannot {what}")
+        return self.text_encoder
+
+    def embed_image(self, images: Any, *, rgb: bool = False) -> np.ndarray:
+        """One image or a list -> (N, E) float32 L2-normalised image embeddings."""
+        batch, _ = _as_batch(images, "images")
+        pixels = self.preprocessor(batch, rgb=rgb)
+        return self.image_encoder.run({"pixel_values": pixels}, ["image_embedding"])["image_embedding"]
+
+    def embed_text(self, texts: str | Sequence[str]) -> np.ndarray:
+        """One text or a list -> (N, E) float32 L2-normalised text embeddings (through the classify template)."""
+        encoder = self._require_text_encoder("embed text")
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        if not batch:
+            raise InputError("got an empty list of texts; pass at least one")
+        for text in batch:
+            if not isinstance(text, str) or not text.strip():
+                raise InputError(f"text {text!r} is empty; every text needs at least one word")
+        if CLASSIFY in self.tokenizer.tasks:
+            rows = [self._prompt(CLASSIFY, text, 0) for text in batch]
+        else:
+            rows = [np.asarray(self.tokenizer.encode(text), dtype=np.int64) for text in batch]
+        ids, lengths = self.tokenizer.encode_batch(rows)  # (N, T) int64, (N,)
+        mask = (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64)  # (N, T)
+        return encoder.run({"input_ids": ids, "attention_mask": mask}, ["text_embedding"])["text_embedding"]
+
+    def _labels(self, labels: Sequence[str] | None) -> tuple[str, ...]:
+        if labels is None:
+            if not self.settings.labels:
+                raise InputError(f"bundle {self.name!r} ships no label set; pass labels=[...] (e.g. --labels 'a cat,a dog')")
+            return self.settings.labels
+        chosen = (labels,) if isinstance(labels, str) else tuple(labels)
+        if not chosen:
+            raise InputError("got an empty label list; pass at least one label")
+        for label in chosen:
+            if not isinstance(label, str) or not label.strip():
+                raise InputError(f"label {label!r} is empty; every label needs at least one word")
+        duplicates = sorted({x for x in chosen if chosen.count(x) > 1})
+        if duplicates:
+            raise InputError(f"labels {duplicates} are given more than once; list each label once")
+        return chosen
+
+    def _label_embeddings(self, labels: tuple[str, ...]) -> np.ndarray:
+        """(L, E) embeddings of ``labels``; the last label set's are kept, so a stream pays once."""
+        cached = self._label_cache
+        if cached is not None and cached[0] == labels:
+            return cached[1]
+        embeddings = self.embed_text(list(labels))
+        self._label_cache = (labels, embeddings)
+        return embeddings
+
+    def classify(
+        self, images: Any, labels: Sequence[str] | None = None, *, top_k: int = DEFAULT_TOP_K, rgb: bool = False
+    ) -> ClassifyResult | list[ClassifyResult]:
+        """Rank ``labels`` (default: the bundle's label set) for one image or each image of a list."""
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise InputError(f"top_k={top_k!r} must be a positive integer")
+        chosen = self._labels(labels)
+        self._require_text_encoder("classify")
+        batch, single = _as_batch(images, "images")
+        timer = StageTimer()
+        pixels = self.preprocessor(batch, rgb=rgb)  # (N, 3, H, W)
+        timer.lap("preprocess")
+        image_embedding = self.image_encoder.run({"pixel_values": pixels}, ["image_embedding"])["image_embedding"]
+        label_embedding = self._label_embeddings(chosen)  # (L, E)
+        timer.lap("encode")
+        cosine = image_embedding @ label_embedding.T  # (N, L)
+        probabilities = _softmax(self.settings.logit_scale * cosine)  # (N, L)
+        order = np.argsort(-cosine, axis=1, kind="stable")[:, :top_k]  # (N, k)
+        timer.lap("postprocess")
+        timings = timer.timings(len(batch))
+        results = [
+            ClassifyResult(tuple(chosen[j] for j in row), tuple(float(cosine[i, j]) for j in row),
+                           tuple(float(probabilities[i, j]) for j in row), timings)
+            for i, row in enumerate(order)
+        ]
+        return results[0] if single else results
