@@ -46,6 +46,7 @@ from tqdm import tqdm
 from export.golden import TOLERANCES, GoldenRecord, evaluate_variant, record_golden, write_golden
 from export.onnx_common import ExportError, ExportOptions, Prepared, SampleOptions, export_onnx
 from export.parity import ParityError, check_parity, component_parity, load_session
+from export.share_weights import share_decoder_weights
 from tinymm import __version__
 from tinymm.bundle import PRECISIONS, Bundle, BundleWriter, read_bundle, verify_bundle
 from tinymm.bundle.validate import NAME_HINT
@@ -269,7 +270,8 @@ def bundle_name(request: ExportRequest) -> str:
 
 
 def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, Path]],
-                golden: Mapping[str, Mapping[str, GoldenResult]], provenance: Mapping[str, Any]) -> str:
+                shared_weights: Mapping[str, Path], golden: Mapping[str, Mapping[str, GoldenResult]],
+                provenance: Mapping[str, Any]) -> str:
     """README.md: what the bundle is, sizes and golden metrics per precision, parity, contract, provenance."""
     checkpoint, parity = provenance["checkpoint"], provenance["export"]["parity"]
     lines = [
@@ -287,8 +289,12 @@ def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, 
             r = golden[component][precision]
             lines.append(f"| {component} | {precision} | {path.name} | {path.stat().st_size} | {r.max_abs:.3g} | "
                          f"{r.min_cosine:.6f} | {r.tolerance} |")
-    total = {p: sum(v[p].stat().st_size for v in files.values() if p in v) for p in PRECISIONS}
-    lines += ["", "Total ONNX bytes per precision: " + ", ".join(f"{p} {n}" for p, n in total.items() if n), "",
+    for precision, path in shared_weights.items():
+        lines.append(f"| decoder weights (shared by both decoder graphs) | {precision} | {path.name} | "
+                     f"{path.stat().st_size} | | | |")
+    total = {p: sum(v[p].stat().st_size for v in files.values() if p in v)
+             + (shared_weights[p].stat().st_size if p in shared_weights else 0) for p in PRECISIONS}
+    lines += ["", "Total model bytes per precision (ONNX files and shared weights): " + ", ".join(f"{p} {n}" for p, n in total.items() if n), "",
               "## Parity of the fp32 export with torch", "",
               "| component | random inputs max abs | real inputs max abs | min cosine |", "|---|---:|---:|---:|"]
     for component, entry in parity["components"].items():
@@ -341,7 +347,6 @@ def build_bundle(request: ExportRequest) -> Bundle:
             parity["greedy"] = prepared.greedy(sessions)
         check_parity(parity)
         bar.update()
-        golden = {c: {"fp32": evaluate_variant(files[c]["fp32"], records[c], "fp32")} for c in files}
         gates: dict[str, Any] = {}
         for precision in quantized:
             for component in prepared.graphs:
@@ -349,10 +354,15 @@ def build_bundle(request: ExportRequest) -> Bundle:
                 path, gate = _variant(precision, component, files[component]["fp32"], work, prepared,
                                       records[component])
                 files[component][precision] = path
-                golden[component][precision] = evaluate_variant(path, records[component], precision)
                 if gate is not None:
                     gates[component] = gate
                 bar.update()
+        # The two decoder graphs hold the same weights: store them once per precision in a shared
+        # external-data file (export/share_weights.py). This rewrites the decoder files, so the golden
+        # check runs after it, on the files the bundle ships.
+        shared = share_decoder_weights(files)
+        golden = {c: {p: evaluate_variant(path, records[c], p) for p, path in variants.items()}
+                  for c, variants in files.items()}
         failed = [r for by_precision in golden.values() for r in by_precision.values() if not r.passed]
         if failed:
             raise ParityError(
@@ -360,8 +370,10 @@ def build_bundle(request: ExportRequest) -> Bundle:
                     f"{r.component} {r.precision} ({', '.join(r.failures)})" for r in failed)
                 + ". Export without that precision, or exclude the sensitive nodes from quantization; nothing was written")
         bar.set_postfix_str("write")
+        for weights in shared.values():  # listed in the manifest with its sha256, like every bundle file
+            writer.add_file(weights.weights.name, weights.weights)
         _write(writer, request, name, prepared, files, records, golden, dict(parity, int8_gate=gates), seconds,
-               started)
+               started, {precision: w.weights for precision, w in shared.items()})
         bar.update()
     bundle = read_bundle(request.out)
     report = verify_bundle(bundle)
@@ -373,7 +385,7 @@ def build_bundle(request: ExportRequest) -> Bundle:
 def _write(writer: BundleWriter, request: ExportRequest, name: str, prepared: Prepared,
            files: Mapping[str, Mapping[str, Path]], records: Mapping[str, GoldenRecord],
            golden: Mapping[str, Mapping[str, GoldenResult]], parity: Mapping[str, Any], seconds: Mapping[str, float],
-           started: float) -> None:
+           started: float, shared_weights: Mapping[str, Path]) -> None:
     """Stage every file in ``writer`` and publish the bundle (BundleWriter validates it first)."""
     from train.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_meta
 
@@ -401,6 +413,6 @@ def _write(writer: BundleWriter, request: ExportRequest, name: str, prepared: Pr
         components[component] = prepared.graphs[component].component(bundle_files)
     writer.add_file(prepared.tokenizer_path.name, prepared.tokenizer_path)
     pairs = write_golden(writer, records, {c: list(v) for c, v in files.items()})
-    writer.add_text("README.md", _model_card(name, prepared, files, golden, provenance))
+    writer.add_text("README.md", _model_card(name, prepared, files, shared_weights, golden, provenance))
     writer.write(name=name, family=prepared.family, tasks=prepared.tasks, components=components,
                  preprocess=prepared.preprocess, golden=pairs, provenance=provenance, model=prepared.model_info)

@@ -75,7 +75,7 @@ def _verify_json(bundle: Path, capsys: pytest.CaptureFixture, *extra: str) -> tu
 
 def test_vlm_bundle_is_complete_and_accepted_by_info_and_verify(vlm_bundle: Path, runs: Path, capsys) -> None:
     assert tinymm_main(["info", str(vlm_bundle)]) == 0
-    assert "checksums: 22 files OK" in capsys.readouterr().out
+    assert "checksums: 25 files OK" in capsys.readouterr().out  # incl. one shared decoder weights file per precision
     code, report = _verify_json(vlm_bundle, capsys)
     assert code == 0 and report["ok"] and report["failed"] == 0 and report["passed"] == 12
     with read_bundle(vlm_bundle) as bundle:
