@@ -257,6 +257,53 @@ def array_signature(name: str, value: np.ndarray) -> tuple[str, tuple[int, ...]]
     return value.dtype.name, value.shape
 
 
+def _numpy_dtype(name: str) -> np.dtype | None:
+    try:
+        return np.dtype(name)
+    except TypeError:  # bfloat16 and other names numpy does not know
+        return None
+
+
+class FeedChecker:
+    """The checks of `check_feeds` for one model, with each input's expectations computed once.
+
+    A decoder runs its session once per token with a dozen or more inputs; building each array's
+    dtype name and walking the specs every call cost about as much as a small model's step.
+    `fast_ok` accepts the usual feeds - exactly the model's input names, C-contiguous numpy
+    arrays of the expected dtype and rank, fixed sizes matched, no empty dimension - with a few
+    comparisons per input. Anything else is left to `check_feeds` / `check_signatures`, which
+    accept or reject it and word the error.
+    """
+
+    def __init__(self, specs: Sequence[TensorSpec]) -> None:
+        self._names = frozenset(spec.name for spec in specs)
+        # name -> (numpy dtype or None, rank, ((axis, fixed size), ...))
+        self._expected = {
+            spec.name: (
+                _numpy_dtype(spec.dtype),
+                spec.rank,
+                tuple((axis, dim) for axis, dim in enumerate(spec.shape) if isinstance(dim, int) and dim >= 0),
+            )
+            for spec in specs
+        }
+
+    def fast_ok(self, feeds: Mapping[str, Any]) -> bool:
+        """True when every feed is certainly valid and C-contiguous; False means: check it the slow way."""
+        if feeds.keys() != self._names:
+            return False
+        for name, value in feeds.items():
+            dtype, rank, fixed = self._expected[name]
+            if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != rank:
+                return False
+            shape = value.shape
+            if 0 in shape or not value.flags.c_contiguous:
+                return False
+            for axis, size in fixed:
+                if shape[axis] != size:
+                    return False
+        return True
+
+
 def check_feeds(specs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray]) -> None:
     """Check numpy feeds (input name -> array) against the model's inputs before a run.
 

@@ -20,7 +20,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import onnxruntime as ort
 
-from tinymm.backends.base import GPU_PROVIDERS, BackendOptions, TensorSpec, array_signature, check_signatures
+from tinymm.backends.base import (
+    GPU_PROVIDERS, BackendOptions, FeedChecker, TensorSpec, array_signature, check_signatures,
+)
 from tinymm.backends.ort_providers import AUTO_ORDER, ORT_PROVIDERS, check_session_providers, plan_providers
 from tinymm.errors import BackendError, InputError
 
@@ -150,6 +152,10 @@ class OrtSession:
         self.inputs = tuple(_tensor_spec(arg) for arg in session.get_inputs())
         self.outputs = tuple(_tensor_spec(arg) for arg in session.get_outputs())
         self.io_binding = io_binding
+        # Computed once: a decoder checks its feeds and output names at every step.
+        self._feed_checker = FeedChecker(self.inputs)
+        self._known_outputs = [spec.name for spec in self.outputs]
+        self._known_output_set = frozenset(self._known_outputs)
         # Where bound outputs are allocated: (onnxruntime device type, device id).
         self.device = ("cuda", device_id) if provider in GPU_PROVIDERS else ("cpu", 0)
 
@@ -202,12 +208,12 @@ class OrtSession:
         return dict(zip(names, values, strict=True))
 
     def _output_names(self, output_names: Sequence[str] | None) -> list[str]:
-        known = [spec.name for spec in self.outputs]
+        known = self._known_outputs
         if output_names is None:
-            return known
+            return list(known)
         if isinstance(output_names, str) or not output_names:
             raise InputError(f"output_names={output_names!r} must be a non-empty list of output names from {known}")
-        unknown = [name for name in output_names if name not in known]
+        unknown = [name for name in output_names if name not in self._known_output_set]
         if unknown:
             raise InputError(f"unknown output name(s) {unknown}; the model's outputs are {known}")
         return list(output_names)
@@ -216,6 +222,8 @@ class OrtSession:
         """Validate feeds against self.inputs; numpy arrays come back C-contiguous."""
         if not isinstance(feeds, Mapping):
             raise InputError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
+        if self._feed_checker.fast_ok(feeds):  # the usual case: valid, contiguous numpy arrays
+            return dict(feeds)
         signatures = {}
         for name, value in feeds.items():
             if isinstance(value, ort.OrtValue):
