@@ -1,0 +1,107 @@
+"""The speech recipe's parts (tokenizer, decoding, masking, layer pairing) and the whole recipe end
+to end with the tiny preset on a couple dozen synthesized clips."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="the speech recipe needs torch (pip install 'tinymm[train]')")
+
+from train.__main__ import main  # noqa: E402
+from train.loop import read_metrics  # noqa: E402
+from train.models.speech import CTC_BLANK_ID  # noqa: E402
+from train.recipes.speech import DistillConfig, SpecAugmentConfig, greedy_decode, model_configs, spec_augment  # noqa: E402
+from train.speech_tokenizer import SpeechTokenizerConfig, load_speech_tokenizer, train_speech_tokenizer  # noqa: E402
+
+pytestmark = pytest.mark.requires_torch
+
+TRANSCRIPTS = [
+    "pick up the red star", "go forward three meters", "what color is the square", "turn left please",
+    "how many circles are there", "stop", "look at the blue diamond", "is there a green cross",
+]
+
+
+def test_tokenizer_pad_is_zero_and_is_the_ctc_blank(tmp_path) -> None:
+    config = train_speech_tokenizer(TRANSCRIPTS, tmp_path / "speech.model", SpeechTokenizerConfig(vocab_size=40))
+    assert (config.pad_id, config.bos_id, config.eos_id, config.unk_id) == (CTC_BLANK_ID, 1, 2, 3)
+    assert not config.add_bos and not config.add_eos  # CTC labels carry no bos/eos
+    tokenizer = load_speech_tokenizer(tmp_path / "speech.model")
+    assert tokenizer.id_to_piece(0) == "<pad>"
+    assert tokenizer.vocab_size <= 40
+    for text in TRANSCRIPTS:
+        ids = tokenizer.encode(text)
+        assert CTC_BLANK_ID not in ids and 3 not in ids  # never the blank, never unknown
+        assert tokenizer.decode(ids) == text
+
+
+def test_greedy_decode_collapses_repeats_and_drops_blanks() -> None:
+    frames = [[0, 5, 5, 0, 5, 7, 7, 0], [3, 3, 0, 0, 4, 9, 9, 9]]
+    log_probs = torch.nn.functional.one_hot(torch.tensor(frames), 10).float().log()
+    assert greedy_decode(log_probs, torch.tensor([8, 5])) == [[5, 5, 7], [3, 4]]  # clip 2 stops at 5 frames
+
+
+def test_spec_augment_masks_within_each_clip() -> None:
+    x = torch.ones(2, 16, 50)
+    cfg = SpecAugmentConfig(freq_masks=2, freq_width=4, time_masks=2, time_width=10, time_fraction=0.5)
+    masked = spec_augment(x, torch.tensor([50, 20]), cfg, torch.Generator().manual_seed(0))
+    assert masked.shape == x.shape and torch.equal(x, torch.ones(2, 16, 50))  # input untouched
+    assert 0 < int((masked == 0).sum()) < x.numel() // 2
+    # Time masks of clip 2 stay inside its 20 valid frames: a frame past it is zero only where a band is.
+    band_masked = (masked[1] == 0).all(dim=1)  # (16,) bands zeroed across all frames
+    assert torch.equal((masked[1, :, 20:] == 0).any(dim=1), band_masked)
+
+
+def test_layer_pairs_end_at_the_last_blocks() -> None:
+    assert DistillConfig(hidden_layers=3).layer_pairs(6, 10) == [(1, 2), (3, 6), (5, 9)]
+    assert DistillConfig(hidden_layers=1).layer_pairs(2, 3) == [(1, 2)]
+    assert DistillConfig(hidden_layers=5).layer_pairs(2, 3) == [(0, 1), (1, 2)]
+
+
+def test_model_configs_teacher_overrides() -> None:
+    teacher, student = model_configs("tiny", 20, teacher_width=64, teacher_layers=4)
+    assert (teacher.d_model, teacher.ff_dim, teacher.layers, teacher.vocab_size) == (64, 256, 4, 20)
+    assert student == model_configs("tiny", 20)[1] and student.vocab_size == 20
+    default_teacher, default_student = model_configs("default", 128)
+    assert default_teacher.d_model > default_student.d_model and default_teacher.layers > default_student.layers
+
+
+@pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is None,
+                    reason="synthesizing the clips needs espeakng-loader (pip install 'tinymm[train]')")
+def test_tiny_recipe_end_to_end(tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    argv = ["speech", "--out", str(out), "--preset", "tiny", "--clips", "12", "--eval-clips", "4",
+            "--max-steps", "12", "--log-every", "3", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1",
+            "--vocab-size", "48", "--threads", "1", "--workers", "1", "--quiet"]
+    assert main(argv) == 0
+    assert "| student_kd |" in capsys.readouterr().out
+
+    for name in ("teacher", "student_kd", "student_scratch"):
+        final = out / name / "final"
+        assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
+        losses = [row["loss"] for row in read_metrics(out / name / "metrics.jsonl") if "loss" in row]
+        assert len(losses) == 4 and losses[-1] < losses[0], (name, losses)
+    kd_rows = list(read_metrics(out / "student_kd" / "metrics.jsonl"))
+    assert {"ctc", "kd", "hidden"} <= set(kd_rows[0])
+    assert (out / "tokenizer" / "speech.model").is_file()
+    assert {p.name for p in (out / "features").iterdir()} == {"train_16mel.npz", "val_16mel.npz", "test_16mel.npz"}
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"] == {"train": 12, "val": 4, "test": 4}
+    models = results["models"]
+    assert set(models) == {"teacher", "student_kd", "student_scratch"}
+    assert models["student_kd"]["steps"] == models["student_scratch"]["steps"] == 12
+    assert models["teacher"]["parameters"] > models["student_kd"]["parameters"]
+    for entry in models.values():
+        for key in ("wer", "cer", "command_intent_accuracy", "question_intent_accuracy", "sentence_accuracy"):
+            assert key in entry["test"]
+        assert np.isfinite(entry["test"]["wer"]) and 0.0 <= entry["test"]["cer"]
+
+    # Run again: every stage finds its output and is skipped; results are rewritten the same.
+    mtime = (out / "teacher" / "final" / "model.safetensors").stat().st_mtime_ns
+    assert main(argv) == 0
+    assert (out / "teacher" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
+    assert json.loads((out / "results.json").read_text())["models"]["teacher"]["test"] == models["teacher"]["test"]

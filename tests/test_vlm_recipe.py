@@ -1,0 +1,239 @@
+"""The vision-language recipe: tokenizer, training examples, and the whole recipe on a tiny preset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.requires_torch
+
+TINY_SIZE = 32  # pixels: the tiny preset's image side
+TINY_SCENES = 32
+TINY_STEPS = 10  # per stage; the loop logs at step 1 and every 10 steps
+EVAL_SCENES = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """The whole recipe on the tiny preset: 32 scenes, 10 steps per stage, 4 scenes per eval split."""
+    from train.recipes.vlm import add_arguments, run
+
+    out = tmp_path_factory.mktemp("vlm")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", str(out), "--preset", "tiny", "--size", str(TINY_SIZE), "--scenes",
+                              str(TINY_SCENES), "--eval-scenes", str(EVAL_SCENES), "--max-steps", str(TINY_STEPS),
+                              "--budget-minutes", "10", "--batch-size", "4", "--texts-per-image", "2",
+                              "--workers", "1", "--pseudo-scenes", "4", "--questions-per-type", "2",
+                              "--threads", "1", "--no-progress"])
+    assert run(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def scenes_and_tokenizer(tiny_run):
+    from train.data.scene_dataset import SceneDataset
+    from train.recipes.vlm import MAX_TEXT_LEN
+    from train.vlm_tokenizer import load_tokenizer
+
+    return SceneDataset(tiny_run, "train"), load_tokenizer(tiny_run / "tokenizer", MAX_TEXT_LEN["tiny"])
+
+
+def test_recipe_writes_every_stage_and_result(tiny_run):
+    for path in ("scenes/meta.json", "scenes/heldout/annotations.jsonl", "tokenizer/tokenizer.model",
+                 "teacher/final/model.safetensors", "distill/final/model.safetensors",
+                 "distill/pseudo_captions.json", "scratch/final/model.safetensors", "results.json", "results.md"):
+        assert (tiny_run / path).is_file(), path
+    results = json.loads((tiny_run / "results.json").read_text())
+    assert set(results["models"]) == {"teacher", "distilled", "scratch"}
+    for name, entry in results["models"].items():
+        assert entry["params"] > 0
+        assert entry["training"]["steps"] == TINY_STEPS
+        for split in ("test", "heldout"):
+            metrics = entry[split]
+            for key in ("caption_fact_accuracy", "bleu4", "vqa_overall", "zero_shot_top1"):
+                assert 0.0 <= metrics[key] <= 1.0, (name, split, key)
+            assert metrics["scenes"] == EVAL_SCENES
+            assert "overall" in metrics["vqa"] and len(metrics["vqa"]) > 2
+    models = results["models"]
+    assert models["teacher"]["params"] > models["distilled"]["params"] == models["scratch"]["params"]
+    assert "| distilled (test) |" in (tiny_run / "results.md").read_text()
+
+
+def test_losses_fall_and_distillation_terms_are_logged(tiny_run):
+    for stage in ("teacher", "distill", "scratch"):
+        rows = [json.loads(line) for line in (tiny_run / stage / "train_log.jsonl").read_text().splitlines()]
+        assert rows[0]["step"] == 1 and rows[-1]["step"] == 10
+        assert rows[-1]["lm"] < rows[0]["lm"], stage
+        assert rows[-1]["total"] < rows[0]["total"], stage
+    distill = json.loads((tiny_run / "distill" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert {"kd_logit", "hidden", "affinity"} <= set(distill)
+
+
+def test_rerun_skips_finished_stages(tiny_run):
+    from train.recipes.vlm import add_arguments, run
+
+    stamps = {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/final/model.safetensors")}
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", str(tiny_run), "--preset", "tiny", "--size", str(TINY_SIZE),
+                              "--max-steps", str(TINY_STEPS), "--no-progress", "--threads", "1"])
+    assert run(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in tiny_run.glob("*/final/model.safetensors")} == stamps
+
+
+def test_tokenizer_has_the_prompt_templates_and_fixed_ids(scenes_and_tokenizer):
+    _, tokenizer = scenes_and_tokenizer
+    cfg = tokenizer.config
+    assert (cfg.pad_id, cfg.bos_id, cfg.eos_id, cfg.unk_id) == (0, 1, 2, 3)
+    assert set(tokenizer.tasks) == {"caption", "ask", "classify"}
+    assert tokenizer.vocab_size <= 128
+    prompt = tokenizer.encode_prompt("ask", question="what color is the circle?")
+    assert prompt[0] == cfg.bos_id
+    assert tokenizer.decode(prompt) == "question: what color is the circle? answer:"
+    assert tokenizer.decode(tokenizer.encode("a photo of a red circle")) == "a photo of a red circle"
+
+
+def test_examples_use_the_runtime_preprocessor_and_align_targets(scenes_and_tokenizer):
+    from tinymm.preprocess.image import ImagePreprocessor
+    from train.vlm_data import AUX_ATTRIBUTES, IGNORE_INDEX, TASKS, VLMSceneDataset, image_config
+
+    scenes, tokenizer = scenes_and_tokenizer
+    ds = VLMSceneDataset(scenes, tokenizer, image_size=TINY_SIZE, patch_size=4)
+    image, annotation = scenes[0]
+    ex = ds.example(0, np.random.default_rng(0))
+    expected = ImagePreprocessor(image_config(TINY_SIZE))(image, rgb=True)[0]
+    assert ex["pixel_values"].shape == (3, TINY_SIZE, TINY_SIZE) and ex["pixel_values"].dtype == np.float32
+    np.testing.assert_array_equal(ex["pixel_values"], expected)
+    assert ex["pixel_values"].min() < 0  # normalised with mean/std 0.5, not just scaled to [0, 1]
+    # Teacher forcing: labels are input_ids shifted by one; the prompt is not a target.
+    ids, labels = ex["input_ids"], ex["labels"]
+    assert ids.shape == labels.shape and ids[0] == tokenizer.config.bos_id
+    targets = labels != IGNORE_INDEX
+    np.testing.assert_array_equal(ids[1:][targets[:-1]], labels[:-1][targets[:-1]])
+    assert labels[-1] == tokenizer.config.eos_id and targets.sum() >= 2
+    assert TASKS[ex["task"]] in TASKS
+    assert ex["aux"].shape == (len(AUX_ATTRIBUTES), TINY_SIZE // 4, TINY_SIZE // 4)
+    assert ex["label_targets"].sum() == len(annotation["labels"])
+    assert ex["label_targets"][ex["label_index"]] == 1.0
+
+
+def test_aux_targets_put_each_object_in_its_cell():
+    from train.vlm_data import AUX_ATTRIBUTES, IGNORE_INDEX, aux_targets
+
+    annotation = {"width": 64, "height": 64, "objects": [
+        {"kind": "shape", "center": [10.0, 50.0], "shape": "star", "color": "blue", "size": "large"},
+        {"kind": "sign", "center": [40.0, 8.0], "text": "GO"},
+    ]}
+    aux = aux_targets(annotation, image_size=32, patch_size=4)  # centres scale by 0.5: cells (6, 1), (1, 5)
+    shape, color, size, sign = (AUX_ATTRIBUTES[k] for k in ("shape", "color", "size", "sign"))
+    assert aux[:, 6, 1].tolist() == [shape.index("star"), color.index("blue"), size.index("large"), 0]
+    assert aux[:, 1, 5].tolist() == [shape.index("sign"), IGNORE_INDEX, IGNORE_INDEX, sign.index("GO")]
+    assert (aux != 0).sum() == 7  # every other cell is "none"
+
+
+def test_collate_pads_and_maps_texts_to_images(scenes_and_tokenizer):
+    from train.vlm_data import IGNORE_INDEX, VLMSceneDataset, collate
+
+    scenes, tokenizer = scenes_and_tokenizer
+    ds = VLMSceneDataset(scenes, tokenizer, image_size=TINY_SIZE, patch_size=4)
+    rng = np.random.default_rng(1)
+    batch = collate([ds.example(i, rng, texts=3) for i in range(4)], tokenizer.config.pad_id)
+    n, t = batch["input_ids"].shape
+    assert batch["pixel_values"].shape == (4, 3, TINY_SIZE, TINY_SIZE)
+    assert n == 12 and batch["image_index"].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    pad = ~batch["attention_mask"]
+    assert (batch["input_ids"][pad] == tokenizer.config.pad_id).all()
+    assert (batch["labels"][pad] == IGNORE_INDEX).all()
+
+
+def test_curriculum_starts_with_one_object_scenes():
+    from train.vlm_data import curriculum_pool
+
+    counts = np.array([1, 2, 3, 4, 1, 4])
+    assert curriculum_pool(counts, 0.0, 0.2).tolist() == [0, 4]
+    assert curriculum_pool(counts, 0.1, 0.2).tolist() == [0, 1, 4]
+    assert curriculum_pool(counts, 0.5, 0.2).tolist() == list(range(6))
+
+
+def test_stage_options_are_validated_once():
+    from train.vlm_train import LossWeights, StageOptions
+
+    with pytest.raises(ValueError, match="budget_minutes or max_steps"):
+        StageOptions(budget_minutes=None)
+    with pytest.raises(ValueError, match="texts_per_image"):
+        StageOptions(budget_minutes=1.0, texts_per_image=0)
+    with pytest.raises(ValueError, match="kd_logit"):
+        LossWeights(kd_logit=-1.0)
+
+
+def test_cached_image_decoding_matches_model_generate():
+    import torch
+
+    from train.models.vlm import VisionLanguageModel, VLMConfig
+    from train.vlm_eval import greedy_decode
+
+    torch.manual_seed(0)
+    model = VisionLanguageModel(VLMConfig.tiny()).eval()
+    pixels = torch.randn(3, 3, 32, 32)
+    prompt = torch.randint(4, 64, (3, 5))
+    expected = model.generate(pixels, prompt, max_new_tokens=6, eos_id=2)
+    got = greedy_decode(model, model.encode_image(pixels), prompt, max_new_tokens=6, eos_id=2)
+    assert torch.equal(got, expected)
+
+
+def test_multi_text_forward_matches_one_text_per_image():
+    import torch
+
+    from train.models.vlm import VisionLanguageModel, VLMConfig
+    from train.vlm_train import forward_multi_text
+
+    torch.manual_seed(0)
+    model = VisionLanguageModel(VLMConfig.tiny(aux_attribute_classes=(3, 2))).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(0, 64, (3, 7))
+    image_index = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        out = forward_multi_text(model, pixels, ids, image_index)
+        reference = model.forward_features(pixels[image_index], ids)
+    torch.testing.assert_close(out.logits, reference.logits)
+    torch.testing.assert_close(out.image_embedding[image_index], reference.image_embedding)
+    assert [a.shape for a in out.aux_logits] == [(2, 8, 8, 3), (2, 8, 8, 2)]
+
+
+def test_stage_resumes_from_its_latest_checkpoint(scenes_and_tokenizer, tmp_path):
+    import shutil
+
+    import torch
+
+    from train.checkpoint import latest_checkpoint
+    from train.loop import setup_device
+    from train.models.vlm import VisionLanguageModel
+    from train.recipes.vlm import model_configs
+    from train.vlm_data import VLMSceneDataset
+    from train.vlm_train import FINAL_DIR, LossWeights, StageOptions, train_stage
+
+    scenes, tokenizer = scenes_and_tokenizer
+    config = model_configs("tiny", TINY_SIZE, tokenizer.vocab_size)["student"]
+    ds = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, config.patch_size)
+    setup = setup_device("cpu")
+
+    def stage(steps: int) -> Path:
+        torch.manual_seed(0)
+        options = StageOptions(budget_minutes=None, max_steps=steps, batch_size=2, texts_per_image=1,
+                               checkpoint_minutes=1e-6)  # a resumable checkpoint after every step
+        return train_stage("t", VisionLanguageModel(config), ds, tmp_path, options, LossWeights(), setup,
+                           show_progress=False)
+
+    stage(3)
+    assert latest_checkpoint(tmp_path).name == "step_00000003"
+    assert len(list(tmp_path.glob("step_*"))) == 1  # older step checkpoints are pruned
+    shutil.rmtree(tmp_path / FINAL_DIR)
+    stage(5)
+    assert json.loads((tmp_path / "stage.json").read_text())["steps"] == 5
+    steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 4]  # the second run logged its first step, 4, after resuming at 3

@@ -1,0 +1,522 @@
+"""Speech recipe: synthetic data -> tokenizer -> CTC teacher -> distilled student and scratch student -> evaluation.
+
+    python -m train speech --out runs/speech --budget-minutes 90          # the default preset
+    python -m train speech --out /tmp/s --preset tiny --clips 16 --eval-clips 4 --max-steps 20
+
+Stages (each skips when its output exists, and a training stage resumes from its last checkpoint):
+
+1. data      OUT/data/speech/...            ``train.data.speech_dataset`` (test = held-out voices)
+   features  OUT/features/{split}.npz       log-mels from the runtime's ``AudioPreprocessor.features``
+2. tokenizer OUT/tokenizer/speech.model     sentencepiece on the training transcripts, pad 0 = blank
+3. teacher   OUT/teacher/final              ``SpeechConfig.teacher()``, CTC + SpecAugment
+4. student   OUT/student_kd/final           ``SpeechConfig.student()``: CTC + CTC-posterior KD at a
+                                            temperature + hidden-state matching through projections
+5. scratch   OUT/student_scratch/final      the same student, same init, data order and steps, CTC only
+6. evaluate  OUT/results.json, results.md   greedy CTC decoding on test (and val): WER, CER, intents
+
+The training budget (``--budget-minutes``) is shared: the teacher gets TEACHER_SHARE of it and
+the distilled student STUDENT_SHARE; the scratch student runs the distilled student's step count
+(capped at the same time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinymm.errors import InputError
+from tinymm.intent import IntentParser, normalize_transcript
+from tinymm.preprocess.audio import AudioPreprocessor
+from tinymm.preprocess.config import AudioConfig
+from train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state, read_checkpoint_meta, \
+    save_checkpoint, step_dir_name
+from train.data.speech_dataset import SPLITS, SpeechDataset, write_speech_dataset
+from train.loop import MetricsLogger, TimeBudget, progress, seed_everything, set_lr, set_threads, warmup_cosine_lr
+from train.losses import ctc_posterior_kd_loss, hidden_match_loss
+from train.metrics_speech import score_transcripts
+from train.models.layers import key_padding_mask, param_count
+from train.models.speech import CTC_BLANK_ID, SpeechConfig, SpeechCTCModel, SpeechOutput
+from train.speech_tokenizer import SpeechTokenizerConfig, load_speech_tokenizer, train_speech_tokenizer
+
+logger = logging.getLogger(__name__)
+
+TEACHER_SHARE = 0.5  # of --budget-minutes
+STUDENT_SHARE = 0.3  # of --budget-minutes; the scratch student is capped at the same time
+FINAL_DIR = "final"
+PROJECTIONS_FILE = "projections.pt"  # the distillation projections, saved next to step checkpoints
+EVAL_BATCH = 32  # clips per inference batch
+VAL_CLIPS_DURING_TRAINING = 200  # val clips decoded at each checkpoint (the val WER in metrics.jsonl)
+
+
+@dataclass(frozen=True)
+class SpecAugmentConfig:
+    """SpecAugment-style masking of training features (no time warp)."""
+
+    freq_masks: int = 2  # masks per clip over mel bands
+    freq_width: int = 10  # mel bands, largest width of a mask (80 mels)
+    time_masks: int = 2  # masks per clip over frames
+    time_width: int = 25  # frames (10 ms each), largest width of a mask
+    time_fraction: float = 0.15  # a time mask covers at most this share of the clip
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training stage."""
+
+    minutes: float | None  # wall-clock budget (None: steps only)
+    max_steps: int | None  # step budget (None: time only)
+    batch_size: int = 16  # clips per step
+    peak_lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max global gradient norm
+    checkpoint_minutes: float = 10.0  # wall-clock minutes between resume checkpoints
+    log_every: int = 10  # steps per metrics.jsonl row
+    seed: int = 0  # init, batch order and masks
+    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
+
+    def __post_init__(self) -> None:
+        if self.minutes is None and self.max_steps is None:
+            raise ValueError("a training stage needs a time budget (minutes) or max_steps, or both")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Loss weights of the distilled student: ctc * CTC + kd * KL(posteriors, T) + hidden * MSE(states)."""
+
+    ctc_weight: float = 1.0
+    kd_weight: float = 1.0
+    temperature: float = 2.0  # softens the teacher's peaky CTC posteriors
+    hidden_weight: float = 0.5
+    hidden_layers: int = 3  # student blocks matched to teacher blocks, spaced evenly, last to last
+
+    def layer_pairs(self, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+        """(student block, teacher block) 0-based pairs at evenly spaced relative depths, ending at both last blocks."""
+        n = min(self.hidden_layers, student_layers)
+        pairs = []
+        for k in range(1, n + 1):
+            s = round(k * student_layers / n) - 1
+            pairs.append((s, round((s + 1) * teacher_layers / student_layers) - 1))
+        return pairs
+
+
+def model_configs(preset: str, vocab_size: int, teacher_width: int | None = None,
+                  teacher_layers: int | None = None) -> tuple[SpeechConfig, SpeechConfig]:
+    """(teacher, student) configs of a preset; the teacher's width (MLP 4x) and depth may be overridden."""
+    if preset == "tiny":
+        student = SpeechConfig.tiny(vocab_size=vocab_size, max_frames=3000)
+        teacher = dataclasses.replace(student, d_model=48, layers=3, ff_dim=96)
+    else:
+        teacher, student = SpeechConfig.teacher(vocab_size=vocab_size), SpeechConfig.student(vocab_size=vocab_size)
+    if teacher_width is not None:
+        teacher = dataclasses.replace(teacher, d_model=teacher_width, ff_dim=4 * teacher_width)
+    if teacher_layers is not None:
+        teacher = dataclasses.replace(teacher, layers=teacher_layers)
+    return teacher, student
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: clips, features, labels
+
+
+def ensure_data(out: Path, train_clips: int, eval_clips: int, seed: int, workers: int, show: bool) -> Path:
+    """Write OUT/data/speech unless a dataset with these counts and seed is there; returns OUT/data."""
+    data_dir = out / "data"
+    counts = {"train": train_clips, "val": eval_clips, "test": eval_clips}
+    meta_path = data_dir / "speech" / "meta.json"
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("counts") != counts or meta.get("seed") != seed:
+            raise InputError(f"{meta_path} has counts {meta.get('counts')} and seed {meta.get('seed')}, not {counts} "
+                             f"and {seed}; pass the same --clips/--eval-clips/--seed or another --out")
+        return data_dir
+    logger.info("stage data: synthesizing %s clips", counts)
+    write_speech_dataset(data_dir, counts, seed=seed, workers=workers, overwrite=True, progress=show,
+                         command=f"python -m train speech (counts {counts}, seed {seed})")
+    return data_dir
+
+
+@dataclass
+class FeatureSet:
+    """One split in memory: log-mels, transcripts, intents and label ids."""
+
+    features: list[np.ndarray]  # per clip (n_mels, T_i) float16
+    transcripts: list[str]
+    intents: list[dict | None]
+    labels: list[list[int]]  # token ids, no blank
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+
+def ensure_features(data_dir: Path, out: Path, split: str, audio: AudioConfig, show: bool) -> Path:
+    """Compute log-mels once with the runtime's preprocessor: OUT/features/{split}_{n_mels}.npz."""
+    path = out / "features" / f"{split}_{audio.n_mels}mel.npz"
+    if path.is_file():
+        return path
+    dataset = SpeechDataset(data_dir, split)
+    pre = AudioPreprocessor(audio)
+    clips = [pre.features(wave).T.astype(np.float16) for wave, _ in progress(dataset, enabled=show, desc=f"log-mel {split}")]
+    offsets = np.cumsum([0] + [c.shape[0] for c in clips]).astype(np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez(tmp, frames=np.concatenate(clips), offsets=offsets)  # frames (sum T_i, n_mels) float16
+    os.replace(tmp, path)
+    return path
+
+
+def load_features(data_dir: Path, features_path: Path, split: str, tokenizer) -> FeatureSet:
+    with np.load(features_path) as npz:
+        frames, offsets = npz["frames"], npz["offsets"]
+    items = SpeechDataset(data_dir, split).items
+    if len(items) != len(offsets) - 1:
+        raise InputError(f"{features_path} has {len(offsets) - 1} clips but the {split} manifest {len(items)}; "
+                         f"delete {features_path} so that it is recomputed")
+    feats = [frames[offsets[i]:offsets[i + 1]].T for i in range(len(items))]
+    transcripts = [normalize_transcript(item["transcript"]) for item in items]
+    return FeatureSet(feats, transcripts, [item.get("intent") for item in items],
+                      [tokenizer.encode(t) for t in transcripts])
+
+
+def batches(data: FeatureSet, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Endless shuffled batches of clip indices, similar lengths together (less padding)."""
+    lengths = np.array([f.shape[1] for f in data.features])
+    pool = batch_size * 32
+    while True:
+        order = rng.permutation(len(data))
+        chunks = []
+        for start in range(0, len(order), pool):
+            part = order[start:start + pool]
+            part = part[np.argsort(lengths[part], kind="stable")]
+            chunks += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+        for k in rng.permutation(len(chunks)):
+            yield chunks[k]
+
+
+def collate(data: FeatureSet, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clip indices -> features (B, n_mels, T_max) float32 (zero padded) and lengths (B,) int64."""
+    lengths = torch.tensor([data.features[i].shape[1] for i in idx], dtype=torch.int64)
+    x = torch.zeros(len(idx), data.features[idx[0]].shape[0], int(lengths.max()))
+    for row, i in enumerate(idx):
+        x[row, :, : lengths[row]] = torch.from_numpy(data.features[i].astype(np.float32))
+    return x, lengths
+
+
+def spec_augment(x: torch.Tensor, lengths: torch.Tensor, cfg: SpecAugmentConfig, gen: torch.Generator) -> torch.Tensor:
+    """Zero random mel bands and frame spans of (B, n_mels, T) features; returns a new tensor."""
+    x = x.clone()
+    n_mels = x.shape[1]
+    for b in range(x.shape[0]):
+        for _ in range(cfg.freq_masks):
+            width = int(torch.randint(0, min(cfg.freq_width, n_mels // 4) + 1, (1,), generator=gen))
+            start = int(torch.randint(0, n_mels - width + 1, (1,), generator=gen))
+            x[b, start:start + width, :] = 0.0
+        length = int(lengths[b])
+        for _ in range(cfg.time_masks):
+            width = int(torch.randint(0, min(cfg.time_width, int(cfg.time_fraction * length)) + 1, (1,), generator=gen))
+            start = int(torch.randint(0, max(length - width, 0) + 1, (1,), generator=gen))
+            x[b, :, start:start + width] = 0.0
+    return x
+
+
+def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, labels: list[list[int]]) -> torch.Tensor:
+    """Mean CTC loss (per target token) of (B, T', V) log-probs against label id lists."""
+    targets = torch.tensor([t for label in labels for t in label], dtype=torch.int64)
+    target_lengths = torch.tensor([len(label) for label in labels], dtype=torch.int64)
+    return F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths, blank=CTC_BLANK_ID,
+                      zero_infinity=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
+    """(B, T', V) log-probs, (B,) valid frames -> token ids per clip: argmax, collapse repeats, drop blanks."""
+    best = log_probs.argmax(dim=-1)  # (B, T')
+    out = []
+    for row, n in zip(best.tolist(), lengths.tolist()):
+        ids, previous = [], None
+        for token in row[:n]:
+            if token != previous and token != CTC_BLANK_ID:
+                ids.append(token)
+            previous = token
+        out.append(ids)
+    return out
+
+
+@torch.inference_mode()
+def transcribe(model: SpeechCTCModel, data: FeatureSet, tokenizer, limit: int | None = None, show: bool = False) -> list[str]:
+    """Greedy CTC transcripts (normalized) of the first ``limit`` clips of ``data``."""
+    was_training = model.training
+    model.eval()
+    n = len(data) if limit is None else min(limit, len(data))
+    order = np.argsort([f.shape[1] for f in data.features[:n]], kind="stable")
+    texts: list[str] = [""] * n
+    for start in progress(range(0, n, EVAL_BATCH), enabled=show, desc="decode", leave=False):
+        idx = order[start:start + EVAL_BATCH]
+        log_probs, out_lengths = model(*collate(data, idx))
+        for i, ids in zip(idx, greedy_decode(log_probs, out_lengths)):
+            texts[i] = normalize_transcript(tokenizer.decode(ids))
+    model.train(was_training)
+    return texts
+
+
+class Distiller:
+    """The teacher side of the distilled student's loss: the frozen teacher and the trained projections."""
+
+    def __init__(self, teacher: SpeechCTCModel, student: SpeechConfig, cfg: DistillConfig) -> None:
+        if teacher.config.subsampling_layers != student.subsampling_layers:
+            raise ValueError("frame-level distillation needs teacher and student at the same frame rate "
+                             f"(subsampling_layers {teacher.config.subsampling_layers} != {student.subsampling_layers})")
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.cfg = cfg
+        self.pairs = cfg.layer_pairs(student.layers, teacher.config.layers)
+        self.projections = nn.ModuleList(nn.Linear(student.d_model, teacher.config.d_model) for _ in self.pairs)
+
+    def losses(self, out: SpeechOutput, features: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+        """KD and hidden-state losses of a student forward on (B, n_mels, T) unmasked features."""
+        with torch.no_grad():
+            target = self.teacher.forward_features(features, lengths)  # the teacher hears the unmasked clip
+        valid = key_padding_mask(out.lengths, out.log_probs.shape[1])  # (B, T')
+        width = (self.teacher.config.d_model,)
+        hidden = [hidden_match_loss(out.hidden_states[s], F.layer_norm(target.hidden_states[t], width), proj, valid)
+                  for (s, t), proj in zip(self.pairs, self.projections)]
+        return {"kd": ctc_posterior_kd_loss(out.log_probs, target.log_probs, out.lengths, self.cfg.temperature),
+                "hidden": sum(hidden) / len(hidden)}
+
+    def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return (self.cfg.ctc_weight * losses["ctc"] + self.cfg.kd_weight * losses["kd"]
+                + self.cfg.hidden_weight * losses["hidden"])
+
+
+def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, val: FeatureSet, tokenizer,
+                cfg: TrainConfig, show: bool, distiller: Distiller | None = None) -> Path:
+    """Train ``model`` with CTC (plus ``distiller``'s losses when given); returns the final checkpoint.
+
+    Skips when OUT/name/final exists; resumes from the newest OUT/name/step_* checkpoint.
+    """
+    run_dir = out / name
+    final = run_dir / FINAL_DIR
+    if (final / "config.json").is_file():
+        logger.info("stage %s: done (%s)", name, final)
+        return final
+    projections = distiller.projections if distiller is not None else nn.ModuleList()
+    params = list(model.parameters()) + list(projections.parameters())
+    optimizer = torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
+    step, spent_s, first_loss = 0, 0.0, None
+    resume = latest_checkpoint(run_dir)
+    if resume is not None:
+        restored, _, meta = load_checkpoint(resume, SpeechCTCModel, SpeechConfig)
+        model.load_state_dict(restored.state_dict())
+        load_optimizer_state(resume, optimizer)
+        if (run_dir / PROJECTIONS_FILE).is_file():
+            projections.load_state_dict(torch.load(run_dir / PROJECTIONS_FILE, weights_only=True))
+        step, spent_s, first_loss = meta["step"], meta["extra"]["train_seconds"], meta["extra"].get("first_loss")
+        logger.info("stage %s: resuming from %s (step %d)", name, resume, step)
+    budget = TimeBudget(cfg.minutes, spent_s=spent_s)
+    rng = np.random.default_rng([cfg.seed, step])
+    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    model.train()
+    logger.info("stage %s: %d parameters, %s steps, %s minutes", name, param_count(model), cfg.max_steps, cfg.minutes)
+
+    def checkpoint(path: Path, last_loss: float | None) -> None:
+        if len(projections):
+            tmp = run_dir / (PROJECTIONS_FILE + ".tmp")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(projections.state_dict(), tmp)
+            os.replace(tmp, run_dir / PROJECTIONS_FILE)
+        extra = {"train_seconds": round(budget.elapsed(), 1), "first_loss": first_loss, "last_loss": last_loss,
+                 "stage": name, "train_config": dataclasses.asdict(cfg),
+                 "distill": dataclasses.asdict(distiller.cfg) if distiller else None, "train_clips": len(train)}
+        save_checkpoint(path, model, model.config, step=step, optimizer=optimizer, extra=extra)
+
+    last_save = budget.elapsed()
+    running: dict[str, list[float]] = {}
+    last_loss = None
+    with MetricsLogger(run_dir / "metrics.jsonl") as metrics, \
+            progress(total=cfg.max_steps, initial=step, enabled=show, desc=name, unit="step") as bar:
+        for idx in batches(train, cfg.batch_size, rng):
+            if (cfg.max_steps is not None and step >= cfg.max_steps) or budget.expired():
+                break
+            fraction = max(step / cfg.max_steps if cfg.max_steps else 0.0, budget.fraction())
+            set_lr(optimizer, warmup_cosine_lr(step, fraction, cfg.peak_lr, cfg.warmup_steps, cfg.min_lr))
+            x, lengths = collate(train, idx)
+            out = model.forward_features(spec_augment(x, lengths, cfg.spec_augment, gen), lengths)
+            losses = {"ctc": ctc_loss(out.log_probs, out.lengths, [train.labels[i] for i in idx])}
+            if distiller is not None:
+                losses.update(distiller.losses(out, x, lengths))
+            loss = distiller.total(losses) if distiller is not None else losses["ctc"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            for key, value in {"loss": loss, **losses}.items():
+                running.setdefault(key, []).append(float(value.detach()))
+            if step % cfg.log_every == 0:
+                means = {k: round(float(np.mean(v)), 4) for k, v in running.items()}
+                first_loss = means["loss"] if first_loss is None else first_loss
+                last_loss = means["loss"]
+                metrics.log(step, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm), **means)
+                bar.set_postfix(loss=means["loss"])
+                running = {}
+            if budget.elapsed() - last_save > cfg.checkpoint_minutes * 60:
+                val_wer = score_transcripts(val.transcripts[:VAL_CLIPS_DURING_TRAINING],
+                                            transcribe(model, val, tokenizer, VAL_CLIPS_DURING_TRAINING)).wer
+                metrics.log(step, val_wer=round(val_wer, 4))
+                logger.info("stage %s: step %d, val WER %.3f on %d clips", name, step, val_wer,
+                            min(len(val), VAL_CLIPS_DURING_TRAINING))
+                checkpoint(run_dir / step_dir_name(step), last_loss)
+                last_save = budget.elapsed()
+        if running:  # a partial logging window at the end
+            last_loss = round(float(np.mean(running["loss"])), 4)
+            first_loss = last_loss if first_loss is None else first_loss
+            metrics.log(step, **{k: round(float(np.mean(v)), 4) for k, v in running.items()})
+    checkpoint(final, last_loss)
+    logger.info("stage %s: finished at step %d after %.1f min, loss %s -> %s", name, step, budget.elapsed() / 60,
+                first_loss, last_loss)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def evaluate(finals: dict[str, Path], splits: dict[str, FeatureSet], tokenizer, show: bool) -> dict[str, Any]:
+    parser = IntentParser()
+    models: dict[str, Any] = {}
+    for name, path in finals.items():
+        model, config, meta = load_checkpoint(path, SpeechCTCModel, SpeechConfig)
+        entry = {"parameters": param_count(model), "steps": meta["step"],
+                 "train_minutes": round(meta["extra"]["train_seconds"] / 60, 1),
+                 "first_loss": meta["extra"].get("first_loss"), "last_loss": meta["extra"].get("last_loss"),
+                 "config": dataclasses.asdict(config)}
+        for split, data in splits.items():
+            hyps = transcribe(model, data, tokenizer, show=show)
+            entry[split] = score_transcripts(data.transcripts, hyps, data.intents, parser).to_dict()
+            entry[split]["examples"] = [{"ref": r, "hyp": h} for r, h in zip(data.transcripts[:5], hyps[:5])]
+        models[name] = entry
+        logger.info("evaluated %s: test WER %.4f", name, entry["test"]["wer"])
+    return models
+
+
+def markdown_table(models: dict[str, Any], split: str = "test") -> str:
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.1f}%"
+
+    lines = ["| model | parameters | steps | train min | WER | CER | sentence acc | intent acc (commands) "
+             "| intent acc (questions) |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        s = m[split]
+        lines.append(f"| {name} | {m['parameters'] / 1e6:.2f}M | {m['steps']} | {m['train_minutes']} | {pct(s['wer'])} "
+                     f"| {pct(s['cer'])} | {pct(s['sentence_accuracy'])} | {pct(s['command_intent_accuracy'])} "
+                     f"| {pct(s['question_intent_accuracy'])} |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("speech", help="teacher -> distilled and scratch students on synthetic speech",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path, help="run directory (data, checkpoints, results)")
+    p.add_argument("--preset", choices=("tiny", "default"), default="default", help="model sizes")
+    p.add_argument("--clips", type=int, default=8000, help="training clips to synthesize")
+    p.add_argument("--eval-clips", type=int, default=500, help="val and test clips each (test = held-out voices)")
+    p.add_argument("--budget-minutes", type=float, default=None,
+                   help=f"training time of all stages: teacher {TEACHER_SHARE * 100:.0f}%%, student {STUDENT_SHARE * 100:.0f}%%, "
+                        "scratch the student's steps (default: 90, or none with --max-steps)")
+    p.add_argument("--max-steps", type=int, default=None, help="steps per stage (teacher and student)")
+    p.add_argument("--teacher-width", type=int, default=None, help="teacher d_model (default: the preset's)")
+    p.add_argument("--teacher-layers", type=int, default=None, help="teacher blocks (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per step")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, default=100)
+    p.add_argument("--vocab-size", type=int, default=128, help="sentencepiece pieces (id 0 = CTC blank)")
+    p.add_argument("--kd-temperature", type=float, default=DistillConfig.temperature)
+    p.add_argument("--kd-weight", type=float, default=DistillConfig.kd_weight)
+    p.add_argument("--hidden-weight", type=float, default=DistillConfig.hidden_weight)
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="minutes between resume checkpoints")
+    p.add_argument("--log-every", type=int, default=10, help="steps per metrics.jsonl row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--workers", type=int, default=2, help="speech synthesis processes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    show = not args.quiet
+    set_threads(args.threads)
+    seed_everything(args.seed)
+    budget = args.budget_minutes if args.budget_minutes is not None else (None if args.max_steps else 90.0)
+    out.mkdir(parents=True, exist_ok=True)
+    data_dir = ensure_data(out, args.clips, args.eval_clips, args.seed, args.workers, show)
+
+    tokenizer_path = out / "tokenizer" / "speech.model"
+    if not tokenizer_path.is_file():
+        logger.info("stage tokenizer")
+        train_speech_tokenizer((item["transcript"] for item in SpeechDataset(data_dir, "train").items), tokenizer_path,
+                               SpeechTokenizerConfig(vocab_size=args.vocab_size))
+    tokenizer = load_speech_tokenizer(tokenizer_path)
+    teacher_cfg, student_cfg = model_configs(args.preset, tokenizer.vocab_size, args.teacher_width, args.teacher_layers)
+    audio = AudioConfig(n_mels=student_cfg.n_mels)
+    splits = {split: load_features(data_dir, ensure_features(data_dir, out, split, audio, show), split, tokenizer)
+              for split in SPLITS}
+
+    def stage_config(share: float | None, max_steps: int | None, seed: int) -> TrainConfig:
+        return TrainConfig(minutes=None if budget is None or share is None else budget * share, max_steps=max_steps,
+                           batch_size=args.batch_size, peak_lr=args.lr, warmup_steps=args.warmup_steps,
+                           checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every, seed=seed)
+
+    def fresh(config: SpeechConfig, seed: int) -> SpeechCTCModel:
+        torch.manual_seed(seed)
+        return SpeechCTCModel(config)
+
+    common = dict(out=out, train=splits["train"], val=splits["val"], tokenizer=tokenizer, show=show)
+    finals = {"teacher": train_stage("teacher", model=fresh(teacher_cfg, args.seed),
+                                     cfg=stage_config(TEACHER_SHARE, args.max_steps, args.seed), **common)}
+    teacher, _, _ = load_checkpoint(finals["teacher"], SpeechCTCModel, SpeechConfig)
+    distill = DistillConfig(kd_weight=args.kd_weight, temperature=args.kd_temperature, hidden_weight=args.hidden_weight)
+    student_seed = args.seed + 1  # both students start from the same weights and see the same batches
+    student = fresh(student_cfg, student_seed)
+    finals["student_kd"] = train_stage("student_kd", model=student, distiller=Distiller(teacher, student_cfg, distill),
+                                       cfg=stage_config(STUDENT_SHARE, args.max_steps, student_seed), **common)
+    kd_steps = read_checkpoint_meta(finals["student_kd"])["step"]
+    finals["student_scratch"] = train_stage("student_scratch", model=fresh(student_cfg, student_seed),
+                                            cfg=stage_config(STUDENT_SHARE, kd_steps, student_seed), **common)
+
+    logger.info("stage evaluate")
+    models = evaluate(finals, {"test": splits["test"], "val": splits["val"]}, tokenizer, show)
+    results = {
+        "models": models,
+        "data": {split: len(data) for split, data in splits.items()},
+        "tokenizer": {"vocab_size": tokenizer.vocab_size, "file": str(tokenizer_path)},
+        "budget_minutes": budget,
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+        "args": {key: str(value) for key, value in vars(args).items() if not key.startswith("_")},
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    table = markdown_table(models)
+    (out / "results.md").write_text(table + "\n", encoding="utf-8")
+    print(table)
+    return 0

@@ -1,0 +1,258 @@
+"""The vision-language recipe: scenes -> tokenizer -> teacher -> distilled student, scratch student -> eval.
+
+``python -m train vlm --out runs/vlm [--budget-minutes M] [--scenes N] [--size 64] [--preset tiny|default]``
+
+Stages, each skipped when its outputs exist and resumed from its latest checkpoint otherwise:
+
+1. ``OUT/scenes``: the synthetic scene dataset (train, val, test, and heldout: sign fonts and a
+   rasterization never seen in training).
+2. ``OUT/tokenizer``: sentencepiece on the training captions, questions, answers and labels.
+3. ``OUT/teacher``: VLMConfig.teacher() on the multi-task mix (captions, VQA, CLIP loss over the
+   label set, per-cell attribute loss) with a curriculum from one-object scenes.
+4. ``OUT/distill``: VLMConfig.student() distilled from the teacher: ground-truth CE, logit KL at a
+   temperature on the same prompts, sequence-level KD on the teacher's checked greedy captions,
+   hidden-state matching through projections, TinyCLIP affinity distillation.
+5. ``OUT/scratch``: the same student, data and budget, without the teacher.
+6. ``OUT/eval``: each model on the test and heldout splits; ``OUT/results.json`` and
+   ``OUT/results.md`` (also printed).
+
+The training budget (--budget-minutes) is shared 40/30/30 between teacher, distillation and
+scratch; data generation and evaluation come on top. CUDA with mixed precision is used when
+present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinymm.preprocess.text import Tokenizer
+from train.checkpoint import load_checkpoint
+from train.data.scene_dataset import SCENES_DIR, SceneDataset, build_specs, write_dataset
+from train.data.scene_language import all_labels
+from train.loop import seed_everything, set_threads, setup_device
+from train.metrics_vision import markdown_table
+from train.models.layers import param_count
+from train.models.vlm import VisionLanguageModel, VLMConfig
+from train.vlm_data import AUX_CLASSES, TaskMix, VLMSceneDataset
+from train.vlm_eval import EvalOptions, evaluate, pseudo_captions
+from train.vlm_tokenizer import TOKENIZER_FILE, load_tokenizer, scene_corpus, train_tokenizer
+from train.vlm_train import FINAL_DIR, LossWeights, StageOptions, train_stage
+
+logger = logging.getLogger(__name__)
+
+PRESETS = ("default", "tiny")
+DEFAULT_BUDGET_MINUTES = 100.0  # training only; with data and evaluation about 2 h on a 2-core CPU
+STAGE_SHARES = {"teacher": 0.4, "distill": 0.3, "scratch": 0.3}  # of the training budget
+STAGE_LR = {"teacher": 5e-4, "distill": 1e-3, "scratch": 1e-3}  # peak AdamW learning rates
+VOCAB_LIMIT = {"default": 512, "tiny": 128}  # most sentencepiece pieces
+MAX_TEXT_LEN = {"default": 64, "tiny": 48}  # decoder context, prompt included
+BATCH_SIZE = {"cpu": 32, "cuda": 128}  # images per step; each carries --texts-per-image texts
+EVAL_SPLITS = ("test", "heldout")
+MODELS = ("teacher", "distilled", "scratch")
+STAGE_DIRS = {"teacher": "teacher", "distilled": "distill", "scratch": "scratch"}
+PSEUDO_FILE = "pseudo_captions.json"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``vlm`` on the ``python -m train`` dispatcher."""
+    p = subparsers.add_parser("vlm", help="vision-language recipe: teacher, distilled and scratch students",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    return p
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run directory (scenes, tokenizer, checkpoints, results)")
+    p.add_argument("--budget-minutes", type=float, default=DEFAULT_BUDGET_MINUTES,
+                   help=f"training time of all three stages together (default {DEFAULT_BUDGET_MINUTES:g})")
+    p.add_argument("--scenes", type=int, default=10000, help="training scenes to generate (default 10000)")
+    p.add_argument("--eval-scenes", type=int, default=1000,
+                   help="scenes in each of val/test/heldout (default 1000; at most --scenes)")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--preset", choices=PRESETS, default="default", help="model sizes (tiny: tests)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps per stage at most (default: budget only)")
+    p.add_argument("--batch-size", type=int, default=None, help="images per step (default 32 on CPU, 128 on CUDA)")
+    p.add_argument("--texts-per-image", type=int, default=4,
+                   help="caption/VQA texts per image per step; the image is encoded once (default 4)")
+    p.add_argument("--questions-per-type", type=int, default=300, help="VQA questions per type evaluated (default 300)")
+    p.add_argument("--pseudo-scenes", type=int, default=2000,
+                   help="training scenes the teacher captions for sequence-level KD (default 2000; 0 disables)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    p.add_argument("--precision", default="auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=2, help="processes generating scenes (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="data and training seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def model_configs(preset: str, size: int, vocab_size: int) -> dict[str, VLMConfig]:
+    """Teacher and student configs of a preset, sized to the image and the trained tokenizer."""
+    common = dict(image_size=size, vocab_size=vocab_size, max_text_len=MAX_TEXT_LEN[preset],
+                  aux_attribute_classes=AUX_CLASSES)
+    if preset == "tiny":
+        configs = {"teacher": VLMConfig.tiny(enc_dim=48, dec_dim=48, **common), "student": VLMConfig.tiny(**common)}
+    else:
+        configs = {"teacher": VLMConfig.teacher(**common), "student": VLMConfig.student(**common)}
+    # One dataset feeds both models: the attribute targets and the hidden-state matching need one token grid.
+    if configs["teacher"].grid_size != configs["student"].grid_size:
+        raise ValueError(f"preset {preset!r}: teacher and student token grids differ "
+                         f"({configs['teacher'].grid_size} vs {configs['student'].grid_size})")
+    return configs
+
+
+def make_scenes(out: Path, args: argparse.Namespace) -> None:
+    """Stage 1: write OUT/scenes unless it is there."""
+    if (out / SCENES_DIR / "meta.json").is_file():
+        logger.info("scenes: %s exists, skipping", out / SCENES_DIR)
+        return
+    held = min(args.eval_scenes, args.scenes)
+    counts = {"train": args.scenes, "val": held, "test": held, "heldout": held}
+    command = "python -m train vlm " + shlex.join(sys.argv[1:])
+    summary = write_dataset(out, build_specs(counts, args.size, args.seed), workers=args.workers,
+                            command=command, progress=not args.no_progress)
+    logger.info("scenes: %s", summary)
+
+
+def make_tokenizer(out: Path, train: SceneDataset, preset: str) -> None:
+    """Stage 2: train OUT/tokenizer unless it is there."""
+    if (out / "tokenizer" / TOKENIZER_FILE).is_file():
+        logger.info("tokenizer: %s exists, skipping", out / "tokenizer" / TOKENIZER_FILE)
+        return
+    train_tokenizer(scene_corpus(train.annotations, all_labels()), out / "tokenizer", VOCAB_LIMIT[preset],
+                    MAX_TEXT_LEN[preset])
+
+
+def _load(path: Path) -> VisionLanguageModel:
+    model, _, _ = load_checkpoint(path, VisionLanguageModel, VLMConfig)
+    return model
+
+
+def _stage_options(args: argparse.Namespace, stage: str, device: torch.device) -> StageOptions:
+    return StageOptions(budget_minutes=args.budget_minutes * STAGE_SHARES[stage], max_steps=args.max_steps,
+                        batch_size=args.batch_size or BATCH_SIZE.get(device.type, BATCH_SIZE["cpu"]),
+                        texts_per_image=args.texts_per_image, lr=STAGE_LR[stage], seed=args.seed)
+
+
+def make_pseudo_captions(out: Path, teacher: VisionLanguageModel, tokenizer: Tokenizer, train: SceneDataset,
+                         args: argparse.Namespace, device: torch.device) -> dict[int, list[str]]:
+    """Stage 4a: the teacher's checked greedy captions of the first --pseudo-scenes training scenes."""
+    path = out / STAGE_DIRS["distilled"] / PSEUDO_FILE
+    if path.is_file():
+        return {int(k): v for k, v in json.loads(path.read_text())["captions"].items()}
+    count = min(args.pseudo_scenes, len(train))
+    kept, fraction = pseudo_captions(teacher, tokenizer, train, count, 128, device) if count else ({}, 0.0)
+    logger.info("pseudo-captions: kept %d of %d teacher captions (%.1f%% fully correct)", len(kept), count, 100 * fraction)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"scenes": count, "kept_fraction": fraction, "captions": kept}) + "\n")
+    return kept
+
+
+def evaluate_all(out: Path, tokenizer: Tokenizer, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Stage 6: every model on every eval split, cached per (model, split) in OUT/eval."""
+    results: dict[str, Any] = {}
+    options = EvalOptions(max_questions_per_type=args.questions_per_type)
+    for name in MODELS:
+        stage_dir = out / STAGE_DIRS[name]
+        model = _load(stage_dir / FINAL_DIR)
+        entry: dict[str, Any] = {"params": param_count(model), "config": dataclasses.asdict(model.config)}
+        stage_file = stage_dir / "stage.json"
+        entry["training"] = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
+        for split in EVAL_SPLITS:
+            path = out / "eval" / f"{name}_{split}.json"
+            if not path.is_file():
+                metrics = evaluate(model, tokenizer, SceneDataset(out, split), options, device)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(json.dumps(metrics, indent=2) + "\n")
+            entry[split] = json.loads(path.read_text())
+        results[name] = entry
+    return results
+
+
+def results_table(models: dict[str, Any]) -> str:
+    """Markdown table of the headline metrics, one row per model and split."""
+    rows = {}
+    for name, entry in models.items():
+        for split in EVAL_SPLITS:
+            m = entry[split]
+            rows[f"{name} ({split})"] = {
+                "params": entry["params"], "caption facts %": m["caption_fact_accuracy"], "BLEU-4 %": m["bleu4"],
+                "VQA %": m["vqa_overall"], **{f"{k} %": v for k, v in m["vqa"].items() if k != "overall"},
+                "zero-shot top-1 %": m["zero_shot_top1"],
+                "train examples": entry["training"].get("examples"),
+            }
+    columns = list(dict.fromkeys(c for r in rows.values() for c in r))
+    return markdown_table(rows, columns)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run every stage of the recipe (see the module docstring); 0 on success."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(args.seed)
+    set_threads(args.threads)
+    setup = setup_device(args.device, args.precision)
+    show = not args.no_progress
+    logger.info("device %s, autocast %s", setup.device, setup.amp_dtype)
+
+    make_scenes(out, args)
+    train = SceneDataset(out, "train")
+    make_tokenizer(out, train, args.preset)
+    tokenizer = load_tokenizer(out / "tokenizer", MAX_TEXT_LEN[args.preset])
+    configs = model_configs(args.preset, args.size, tokenizer.vocab_size)
+    weights = LossWeights()
+
+    def dataset(pseudo: dict[int, list[str]] | None = None) -> VLMSceneDataset:
+        return VLMSceneDataset(train, tokenizer, args.size, configs["student"].patch_size, TaskMix(), pseudo, args.seed)
+
+    teacher_final = train_stage("teacher", VisionLanguageModel(configs["teacher"]), dataset(), out / "teacher",
+                                _stage_options(args, "teacher", setup.device), weights, setup, show_progress=show)
+    distill_dir = out / STAGE_DIRS["distilled"]
+    if not (distill_dir / FINAL_DIR / "config.json").is_file():
+        teacher = _load(teacher_final)
+        pseudo = make_pseudo_captions(out, teacher, tokenizer, train, args, setup.device)
+        seed_everything(args.seed)
+        train_stage("distill", VisionLanguageModel(configs["student"]), dataset(pseudo), distill_dir,
+                    _stage_options(args, "distill", setup.device), weights, setup, teacher=teacher, show_progress=show)
+    seed_everything(args.seed)  # the scratch student starts from the distilled student's initial weights
+    train_stage("scratch", VisionLanguageModel(configs["student"]), dataset(), out / STAGE_DIRS["scratch"],
+                _stage_options(args, "scratch", setup.device), weights, setup, show_progress=show)
+
+    models = evaluate_all(out, tokenizer, args, setup.device)
+    results = {
+        "command": "python -m train vlm " + shlex.join(sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(setup.device),
+                    "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0)
+                    if setup.device.type == "cuda" else None},
+        "preset": args.preset, "budget_minutes": args.budget_minutes, "stage_shares": STAGE_SHARES,
+        "data": {split: len(SceneDataset(out, split)) for split in ("train", "val", "test", "heldout")},
+        "tokenizer_vocab": tokenizer.vocab_size,
+        "loss_weights": dataclasses.asdict(weights),
+        "models": models,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = results_table(models)
+    (out / "results.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.recipes.vlm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

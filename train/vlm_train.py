@@ -1,0 +1,308 @@
+"""Training stages of the vision-language recipe: multi-task training and distillation.
+
+One loop serves the teacher, the distilled student and the from-scratch student::
+
+    batch -> model.forward_features -> task losses (LM cross-entropy on the target tokens,
+    CLIP loss over the whole label set, per-cell attribute cross-entropy)
+          [+ with a teacher: logit KL at a temperature on the same prompts, hidden-state matching
+             through learned projections, TinyCLIP affinity distillation]
+    -> AdamW step, lr on a cosine over the stage's progress (time or steps, whichever is further)
+
+A stage stops at its time budget or step limit, checkpoints every few minutes, and resumes from
+its latest checkpoint (weights, optimizer, projections, step and time spent).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state, save_checkpoint, step_dir_name
+from train.loop import CosineSchedule, DeviceSetup, MetricsLogger, TimeBudget, progress, set_lr
+from train.losses import affinity_distill_loss, hidden_match_loss, kd_logit_loss
+from train.models.vlm import VisionLanguageModel, VLMConfig
+from train.vlm_data import IGNORE_INDEX, VLMSceneDataset, collate, curriculum_pool, label_token_batch
+
+logger = logging.getLogger(__name__)
+
+SCHEDULE_RESOLUTION = 10_000  # the cosine schedule is indexed by progress * this
+FINAL_DIR = "final"
+PROJECTIONS_FILE = "projections.pt"
+LOG_EVERY_STEPS = 10
+
+
+@dataclass(frozen=True)
+class StageOptions:
+    """How long and how one training stage runs."""
+
+    budget_minutes: float | None  # wall-clock budget of the stage (None: only max_steps stops it)
+    max_steps: int | None = None  # optimizer steps at most (None: only the budget stops it)
+    batch_size: int = 32  # images per step
+    texts_per_image: int = 4  # text tasks per image per step (the image is encoded once for all of them)
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (not on norms, biases, embeddings' positions)
+    warmup_fraction: float = 0.05  # share of the stage spent in linear lr warmup
+    min_lr_fraction: float = 0.05  # final lr as a fraction of the peak
+    curriculum_fraction: float = 0.15  # share of the stage over which scenes grow from 1 object to all
+    grad_clip: float = 1.0  # max global gradient norm
+    checkpoint_minutes: float = 10.0  # wall-clock minutes between resumable checkpoints
+    seed: int = 0  # task sampling and batch order
+
+    def __post_init__(self) -> None:
+        if self.budget_minutes is None and self.max_steps is None:
+            raise ValueError("StageOptions needs budget_minutes or max_steps, else the stage never ends")
+        if self.budget_minutes is not None and not self.budget_minutes > 0:
+            raise ValueError(f"StageOptions.budget_minutes={self.budget_minutes!r} must be positive")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"StageOptions.max_steps={self.max_steps!r} must be at least 1")
+        if self.texts_per_image < 1:
+            raise ValueError(f"StageOptions.texts_per_image={self.texts_per_image!r} must be at least 1")
+        if self.batch_size < 1 or not self.lr > 0 or self.weight_decay < 0 or not self.grad_clip > 0:
+            raise ValueError(f"StageOptions has a non-positive batch_size, lr or grad_clip, or a negative "
+                             f"weight_decay: {self}")
+        for name in ("warmup_fraction", "min_lr_fraction", "curriculum_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"StageOptions.{name}={getattr(self, name)!r} must be in [0, 1)")
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"StageOptions.checkpoint_minutes={self.checkpoint_minutes!r} must be positive")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of every loss term; the distillation terms count only when a teacher is given."""
+
+    lm: float = 1.0  # cross-entropy on caption / answer tokens (ground truth or pseudo-captions)
+    contrastive: float = 0.5  # CLIP loss of images against the full label set
+    aux: float = 0.5  # per-cell attribute cross-entropy, averaged over the attributes
+    kd_logit: float = 1.0  # KL(teacher || student) on the target tokens' next-token distributions
+    kd_temperature: float = 2.0  # softmax temperature of the logit KD
+    hidden: float = 1.0  # MSE of projected student states to the teacher's (encoder tokens, last decoder block)
+    affinity: float = 1.0  # TinyCLIP affinity mimicking of the image-label similarities
+    affinity_temperature: float = 0.07  # CLIP temperature of the affinity distributions
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"LossWeights.{name}={value!r} must be a non-negative number")
+        if not self.kd_temperature > 0 or not self.affinity_temperature > 0:
+            raise ValueError("LossWeights temperatures must be positive")
+
+
+class Projections(nn.Module):
+    """Student -> teacher widths for hidden-state matching: encoder tokens and the last decoder block."""
+
+    def __init__(self, student: VLMConfig, teacher: VLMConfig) -> None:
+        super().__init__()
+        self.encoder = nn.Linear(student.enc_dim, teacher.enc_dim)
+        self.decoder = nn.Linear(student.dec_dim, teacher.dec_dim)
+
+
+def _soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over rows with any target of -sum(p * log_softmax(logits)), p = targets normalised per row.
+
+    logits and targets are (N, K); rows whose targets are all 0 are skipped."""
+    weight = targets.sum(dim=1)  # (N,)
+    keep = weight > 0
+    if not bool(keep.any()):
+        return logits.sum() * 0.0
+    p = targets[keep] / weight[keep, None]
+    return -(p * F.log_softmax(logits[keep].float(), dim=-1)).sum(dim=-1).mean()
+
+
+def clip_label_loss(model: VisionLanguageModel, image_embedding: torch.Tensor, label_embedding: torch.Tensor,
+                    label_targets: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss of images (B, E) against all labels (L, E), multi-hot targets (B, L).
+
+    Image -> label: soft cross-entropy over the label set, uniform over the scene's labels.
+    Label -> image: for each label present in the batch, over the batch's images.
+    """
+    logits = model.contrastive_logits(image_embedding, label_embedding)  # (B, L)
+    return 0.5 * (_soft_cross_entropy(logits, label_targets) + _soft_cross_entropy(logits.t(), label_targets.t()))
+
+
+def aux_loss(aux_logits: tuple[torch.Tensor, ...], aux: torch.Tensor) -> torch.Tensor:
+    """Mean over attributes of the per-cell cross-entropy; aux_logits as VLMOutput's, aux (B, A, G, G) int64."""
+    if not aux_logits:
+        return aux.new_zeros((), dtype=torch.float32)
+    losses = [F.cross_entropy(logits.flatten(0, 2).float(), aux[:, a].flatten(), ignore_index=IGNORE_INDEX)
+              for a, logits in enumerate(aux_logits)]
+    return torch.stack(losses).mean()
+
+
+@dataclass(frozen=True)
+class MultiTextOutput:
+    """A forward over B images and N texts about them (text i is about image image_index[i])."""
+
+    logits: torch.Tensor  # (N, T, V)
+    image_tokens: torch.Tensor  # (B, G*G, enc_dim)
+    image_embedding: torch.Tensor  # (B, embed_dim), L2-normalised
+    decoder_last: torch.Tensor  # (N, T, dec_dim), the last decoder block's output
+    aux_logits: tuple[torch.Tensor, ...]  # one (B, G, G, classes_i) per auxiliary attribute
+
+
+def forward_multi_text(model: VisionLanguageModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                       image_index: torch.Tensor) -> MultiTextOutput:
+    """VisionLanguageModel.forward_features with several texts per image: the encoder (the costly
+    part, G*G tokens) runs once per image and each layer's cross-attention K/V are gathered per text.
+
+    pixel_values (B, 3, H, W) float32, input_ids (N, T) int64, image_index (N,) int64 in [0, B).
+    """
+    image_tokens, _ = model.image_encoder(pixel_values)  # (B, G*G, Ce)
+    cross = tuple(kv[image_index] for kv in model.cross_kv(model.projector(image_tokens)))  # (N, nh, N_img, hs)
+    logits, _, decoder_hidden = model.decoder(input_ids, cross)
+    return MultiTextOutput(logits=logits, image_tokens=image_tokens, image_embedding=model._pool_image(image_tokens),
+                           decoder_last=decoder_hidden[-1], aux_logits=model.attribute_logits(image_tokens))
+
+
+def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], label_ids: torch.Tensor,
+                   label_mask: torch.Tensor, weights: LossWeights, teacher: VisionLanguageModel | None = None,
+                   projections: Projections | None = None) -> dict[str, torch.Tensor]:
+    """Every loss term of one batch (see the module docstring and ``collate``) and their weighted ``total``."""
+    out = forward_multi_text(model, batch["pixel_values"], batch["input_ids"], batch["image_index"])
+    labels = batch["labels"]
+    lm = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
+    label_embedding = model.embed_text(label_ids, label_mask)  # (L, E)
+    losses = {
+        "lm": lm,
+        "contrastive": clip_label_loss(model, out.image_embedding, label_embedding, batch["label_targets"]),
+        "aux": aux_loss(out.aux_logits, batch["aux"]),
+    }
+    if teacher is not None:
+        with torch.no_grad():
+            t_out = forward_multi_text(teacher, batch["pixel_values"], batch["input_ids"], batch["image_index"])
+            t_label_embedding = teacher.embed_text(label_ids, label_mask)
+        target_mask = labels != IGNORE_INDEX  # (N, T)
+        losses["kd_logit"] = kd_logit_loss(out.logits, t_out.logits, weights.kd_temperature, target_mask)
+        losses["hidden"] = 0.5 * (
+            hidden_match_loss(out.image_tokens, t_out.image_tokens, projections.encoder)
+            + hidden_match_loss(out.decoder_last, t_out.decoder_last, projections.decoder, batch["attention_mask"])
+        )
+        # Each image against one of its labels: the (B, B) similarity structure TinyCLIP mimics.
+        pick = batch["label_index"]
+        losses["affinity"] = affinity_distill_loss(out.image_embedding, label_embedding[pick],
+                                                   t_out.image_embedding, t_label_embedding[pick],
+                                                   weights.affinity_temperature)
+    losses["total"] = sum(getattr(weights, name) * value for name, value in losses.items())
+    return losses
+
+
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on matrices (Linear, Conv, Embedding), none on vectors (norms, biases, scales)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for p in module.parameters():
+            if p.requires_grad:
+                (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def train_stage(name: str, model: VisionLanguageModel, dataset: VLMSceneDataset, out_dir: str | Path,
+                options: StageOptions, weights: LossWeights, setup: DeviceSetup,
+                teacher: VisionLanguageModel | None = None, show_progress: bool = True) -> Path:
+    """Train `model` on `dataset` into out_dir (step_* checkpoints, then out_dir/final); returns final.
+
+    With a teacher the distillation terms are added (the teacher is frozen, in eval mode).
+    Resumes from out_dir's latest step checkpoint; returns at once when out_dir/final exists.
+    """
+    out_dir = Path(out_dir)
+    final = out_dir / FINAL_DIR
+    if (final / "config.json").is_file():
+        logger.info("%s: %s exists, skipping", name, final)
+        return final
+    device = setup.device
+    model.to(device).train()
+    projections = Projections(model.config, teacher.config).to(device) if teacher is not None else None
+    if teacher is not None:
+        teacher.to(device).eval().requires_grad_(False)
+    modules = [model] + ([projections] if projections is not None else [])
+    optimizer = torch.optim.AdamW(_param_groups(modules, options.weight_decay), lr=options.lr, betas=(0.9, 0.98))
+    scaler = setup.grad_scaler()
+    step, spent_s = 0, 0.0
+    resume = latest_checkpoint(out_dir)
+    if resume is not None:
+        restored, _, meta = load_checkpoint(resume, VisionLanguageModel, VLMConfig)
+        model.load_state_dict(restored.state_dict())
+        if projections is not None and (out_dir / PROJECTIONS_FILE).is_file():
+            projections.load_state_dict(torch.load(out_dir / PROJECTIONS_FILE, map_location=device, weights_only=True))
+        load_optimizer_state(resume, optimizer, map_location=str(device))
+        step, spent_s = int(meta["step"]), float(meta["extra"].get("spent_s", 0.0))
+        logger.info("%s: resuming from %s (step %d, %.0f s spent)", name, resume, step, spent_s)
+    budget_s = math.inf if options.budget_minutes is None else options.budget_minutes * 60.0
+    schedule = CosineSchedule(options.lr, SCHEDULE_RESOLUTION, int(options.warmup_fraction * SCHEDULE_RESOLUTION),
+                              options.lr * options.min_lr_fraction)
+    label_ids, label_mask = (t.to(device) for t in label_token_batch(dataset.tokenizer, dataset.labels))
+    rng = np.random.default_rng([options.seed, step])
+    clock = TimeBudget(None)
+    last_ckpt = time.monotonic()
+
+    def stage_progress() -> float:
+        by_time = (spent_s + clock.elapsed()) / budget_s
+        by_steps = step / options.max_steps if options.max_steps else 0.0
+        return min(1.0, max(by_time, by_steps))
+
+    def checkpoint(path: Path, with_optimizer: bool) -> None:
+        if projections is not None:
+            torch.save(projections.state_dict(), out_dir / PROJECTIONS_FILE)
+        save_checkpoint(path, model, model.config, step=step, optimizer=optimizer if with_optimizer else None,
+                        extra={"stage": name, "spent_s": round(spent_s + clock.elapsed(), 1),
+                               "weights": asdict(weights), "options": asdict(options)})
+
+    first_step = step + 1  # logged whatever its number, so that every run (or resumed run) has a row
+    bar = progress(total=options.max_steps, enabled=show_progress, desc=name, initial=step)
+    with MetricsLogger(out_dir / "train_log.jsonl") as log:
+        while stage_progress() < 1.0:
+            frac = stage_progress()
+            lr = schedule(int(frac * SCHEDULE_RESOLUTION))
+            set_lr(optimizer, lr)
+            pool = curriculum_pool(dataset.object_counts, frac, options.curriculum_fraction)
+            indices = rng.choice(pool, size=options.batch_size, replace=len(pool) < options.batch_size)
+            examples = [dataset.example(int(i), rng, options.texts_per_image) for i in indices]
+            batch = _to_device(collate(examples, dataset.tokenizer.config.pad_id), device)
+            with setup.autocast():
+                losses = compute_losses(model, batch, label_ids, label_mask, weights, teacher, projections)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_([p for m in modules for p in m.parameters()], options.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            bar.update(1)
+            if step % LOG_EVERY_STEPS == 0 or step == first_step:
+                values = {k: round(float(v.detach()), 4) for k, v in losses.items()}
+                bar.set_postfix(loss=values["total"], lm=values["lm"])
+                log.log(step, lr=lr, grad_norm=float(grad_norm), progress=round(frac, 4),
+                        max_objects=int(dataset.object_counts[pool].max()), **values)
+            if time.monotonic() - last_ckpt > options.checkpoint_minutes * 60.0:
+                previous = latest_checkpoint(out_dir)
+                checkpoint(out_dir / step_dir_name(step), with_optimizer=True)
+                if previous is not None and previous.name != step_dir_name(step):
+                    shutil.rmtree(previous, ignore_errors=True)  # keep only the newest resumable checkpoint
+                last_ckpt = time.monotonic()
+    bar.close()
+    seconds = spent_s + clock.elapsed()
+    samples = step * options.batch_size
+    logger.info("%s: %d steps (%d images, %d texts) in %.0f s, %.1f images/s", name, step, samples,
+                samples * options.texts_per_image, seconds, samples / max(seconds, 1e-9))
+    checkpoint(final, with_optimizer=False)
+    (out_dir / "stage.json").write_text(json.dumps({"stage": name, "steps": step, "examples": samples,
+                                                     "texts": samples * options.texts_per_image,
+                                                     "seconds": round(seconds, 1),
+                                                     "examples_per_s": round(samples / max(seconds, 1e-9), 2),
+                                                     "device": str(device)}, indent=2) + "\n")
+    return final
