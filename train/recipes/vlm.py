@@ -95,6 +95,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _command_line() -> str:
+    """The command that started this process, as ``python -m train vlm ...`` or ``python -m train.recipes.vlm ...``."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["vlm"]:
+        return "python -m train " + shlex.join(argv)
+    return "python -m train.recipes.vlm " + shlex.join(argv)
+
+
 def model_configs(preset: str, size: int, vocab_size: int) -> dict[str, VLMConfig]:
     """Teacher and student configs of a preset, sized to the image and the trained tokenizer."""
     common = dict(image_size=size, vocab_size=vocab_size, max_text_len=MAX_TEXT_LEN[preset],
@@ -117,7 +125,7 @@ def make_scenes(out: Path, args: argparse.Namespace) -> None:
         return
     held = min(args.eval_scenes, args.scenes)
     counts = {"train": args.scenes, "val": held, "test": held, "heldout": held}
-    command = "python -m train vlm " + shlex.join(sys.argv[1:])
+    command = _command_line()
     summary = write_dataset(out, build_specs(counts, args.size, args.seed), workers=args.workers,
                             command=command, progress=not args.no_progress)
     logger.info("scenes: %s", summary)
@@ -230,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
 
     models = evaluate_all(out, tokenizer, args, setup.device)
     results = {
-        "command": "python -m train vlm " + shlex.join(sys.argv[1:]),
+        "command": _command_line(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(setup.device),
                     "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0)
                     if setup.device.type == "cuda" else None},
