@@ -16,8 +16,9 @@ Names are imported from their module on first use (PEP 562), so that ``tinymm.de
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tinymm.lazy_exports import lazy_attributes
 
 _EXPORTS = {
     "CTCHypothesis": "ctc",
@@ -93,12 +94,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tinymm.decoding' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"tinymm.decoding.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)

@@ -15,8 +15,9 @@ Names are imported from their module on first use (PEP 562): the CLI declares it
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from tinymm.lazy_exports import lazy_attributes
 
 _EXPORTS = {
     "LoadOptions": "loading",
@@ -80,12 +81,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'tinymm.pipelines' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"tinymm.pipelines.{module}"), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _EXPORTS)
