@@ -27,7 +27,6 @@ Where the tokenizer and the contract come from (first found wins):
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import itertools
 import json
@@ -52,6 +51,7 @@ from tinymm.bundle import PRECISIONS, Bundle, BundleWriter, read_bundle, verify_
 from tinymm.bundle.validate import NAME_HINT
 from tinymm.commands.verify import GoldenResult
 from tinymm.errors import InputError
+from tinymm.hashing import sha256_file
 from tinymm.preprocess.config import AudioConfig, ImageConfig, TextConfig
 
 logger = logging.getLogger(__name__)
@@ -89,14 +89,6 @@ class ExportRequest:
         if unknown or not self.precisions:
             raise ValueError(f"precisions={list(self.precisions)} must name some of {list(PRECISIONS)}")
         object.__setattr__(self, "precisions", tuple(p for p in PRECISIONS if p in {"fp32", *self.precisions}))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _search_dirs(checkpoint: Path) -> list[Path]:

@@ -36,6 +36,7 @@ import onnx
 from onnx.external_data_helper import set_external_data
 
 from tinymm.errors import TinymmError
+from tinymm.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,6 @@ ALIGNMENT_BYTES = 64  # every stored tensor starts at a multiple of this (a cach
 PAGE_BYTES = 4096  # tensors of PAGE_ALIGN_MIN_BYTES or more start on a page: onnxruntime can mmap them
 PAGE_ALIGN_MIN_BYTES = 1 << 20  # 1 MiB, onnxruntime's own threshold for page-aligning external data
 METADATA_KEY = "tinymm.external_data_sha256"  # metadata_props entry: JSON {location: sha256 of the file}
-HASH_CHUNK_BYTES = 1 << 20  # read size when hashing the weights file, 1 MiB
 
 
 class ShareWeightsError(TinymmError):
@@ -94,14 +94,6 @@ class SharedWeights:
     @property
     def saved_bytes(self) -> int:
         return self.bytes_before - self.bytes_after
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _content_key(tensor: onnx.TensorProto) -> tuple[int, tuple[int, ...], str]:
@@ -229,7 +221,7 @@ def share_initializers(models: Sequence[str | Path], weights: str | Path,
     try:
         placed, tensors, padding = _write_weights(protos, weights, options)
         moved = [_point_to(m, weights, placed, options) for m in protos]
-        sha256 = _sha256_file(weights)
+        sha256 = sha256_file(weights)
         for path, model in zip(paths, protos):
             _record_checksum(model, weights.name, sha256)
             path.write_bytes(model.SerializeToString())

@@ -37,12 +37,12 @@ from tinymm.backends.engine_cache import (
     ShapeLimits,
     compute_profiles,
     contract_limits,
-    file_sha256,
     lookup,
     store,
     timing_cache_path,
 )
 from tinymm.errors import BackendError, InputError
+from tinymm.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def build_engine(
 
     gpu_name, capability = gpu_info(options.device_id)
     profiles = compute_profiles(inputs, limits)
-    key = EngineKey(gpu_name, capability, trt.__version__, options.precision, profiles, file_sha256(onnx_path))
+    key = EngineKey(gpu_name, capability, trt.__version__, options.precision, profiles, sha256_file(onnx_path))
     decision = lookup(cache_dir, stem, key)
     if decision.hit:
         return decision.path

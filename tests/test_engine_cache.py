@@ -18,7 +18,6 @@ from tinymm.backends.engine_cache import (
     contract_limits,
     describe_changes,
     engine_path,
-    file_sha256,
     lookup,
     record_path,
     store,
@@ -26,6 +25,7 @@ from tinymm.backends.engine_cache import (
 )
 from tinymm.bundle import TensorSpec as ManifestTensorSpec
 from tinymm.errors import BackendError, InputError
+from tinymm.hashing import sha256_file
 
 DECODER_INPUTS = (
     TensorSpec("input_ids", ("batch", "new"), "int64"),
@@ -201,8 +201,8 @@ def test_names_are_safe_file_names(tmp_path):
     assert "/" not in engine_path(tmp_path, "../evil name", key()).name
 
 
-def test_file_sha256_matches_hashlib(tmp_path):
+def test_sha256_file_matches_hashlib(tmp_path):
     path = tmp_path / "model.onnx"
     data = bytes(range(256)) * 5000  # more than one read chunk
     path.write_bytes(data)
-    assert file_sha256(path) == hashlib.sha256(data).hexdigest()
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

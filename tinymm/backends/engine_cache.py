@@ -37,7 +37,6 @@ ENGINE_SUFFIX = ".engine"
 RECORD_SUFFIX = ".json"
 FINGERPRINT_HEX_CHARS = 16  # 64 bits of sha256: collisions are not a concern for one cache
 TRT_PRECISIONS = ("fp16", "int8")  # engines are built from the bundle's fp16 or QDQ-int8 ONNX
-HASH_CHUNK_BYTES = 1 << 20
 BATCH_DIM = "batch"  # the dynamic dimension every component has first
 # Human-readable names of EngineKey's parts, in the order reasons are reported.
 KEY_PARTS: Mapping[str, str] = {
@@ -227,15 +226,6 @@ def describe_changes(old: EngineKey, new: EngineKey) -> list[str]:
 
 def _describe_profiles(profiles: Sequence[InputProfile]) -> str:
     return "; ".join(f"{p.name} min{list(p.min)} opt{list(p.opt)} max{list(p.max)}" for p in profiles)
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of the file at `path`, read in HASH_CHUNK_BYTES chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _slug(text: str) -> str:

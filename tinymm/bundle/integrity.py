@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import posixpath
 from pathlib import Path
@@ -18,20 +17,11 @@ from tinymm.bundle.manifest import Manifest
 from tinymm.bundle.onnx_scan import OnnxSummary, OnnxWireError, scan_onnx_file
 from tinymm.bundle.paths import check_relative_path, regular_file_size, resolve_inside
 from tinymm.bundle.specs import FileEntry
+from tinymm.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
-HASH_CHUNK_BYTES = 1 << 20  # read size when hashing, 1 MiB
 SHA256_SHOWN_CHARS = 12  # hex digits of a checksum shown in error messages
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in HASH_CHUNK_BYTES chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_file(root: Path, name: str, entry: FileEntry, *, verify_checksum: bool) -> Path:
