@@ -61,6 +61,14 @@ def test_external_data_location_escaping_the_bundle_is_refused(tiny_bundle: Path
         read_bundle(tiny_bundle)
 
 
+def test_deferred_scan_still_refuses_the_variant_that_is_opened(tiny_bundle: Path) -> None:
+    replace_model(tiny_bundle, tiny_model(weight=external_weight("../../etc/passwd")))
+    bundle = read_bundle(tiny_bundle, scan_models=False)  # what tinymm.load does: scan on open
+    component = next(iter(bundle.manifest.components))
+    with pytest.raises(UnsafePathError, match="external data location of tensor 'w'"):
+        bundle.checked_component_path(component, "fp32")
+
+
 def test_writer_refuses_a_model_with_unsafe_external_data_and_publishes_nothing(tmp_path: Path) -> None:
     from tinymm.bundle import BundleWriter, Component, TensorSpec, Variant
 

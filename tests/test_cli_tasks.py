@@ -141,11 +141,12 @@ def test_bad_images_exit_3_with_one_line(files, capsys):
     assert code == EXIT_BAD_INPUT and payload == {"ok": False, "error": {"kind": "bad_input", "message": payload["error"]["message"]}}
 
 
-def test_missing_or_wrong_bundles_exit_4(files, capsys):
+def test_missing_or_wrong_bundles_exit_4(files, capsys, tmp_path, monkeypatch):
     code, payload = _json(capsys, "caption", str(files["image"]), "--bundle", "/no/such/bundle")
     assert code == EXIT_BUNDLE and not payload["ok"]
-    code, _, err = _run(capsys, "caption", str(files["image"]))  # the default bundle is not shipped yet
-    assert code == EXIT_BUNDLE and "scene-vlm" in err and "none yet" in err
+    monkeypatch.setattr("tinymm.pipelines.loading.DEFAULT_BUNDLES_DIR", tmp_path / "no-defaults")
+    code, _, err = _run(capsys, "caption", str(files["image"]))  # an install without the default bundles
+    assert code == EXIT_BUNDLE and "scene-vlm" in err and "make_default_bundles.py" in err
     code, _, err = _run(capsys, "caption", str(files["image"]), "--bundle", str(files["speech"]))
     assert code == EXIT_BUNDLE and "speech bundle" in err
 
@@ -209,7 +210,7 @@ def test_classify_label_errors(files, capsys, tmp_path):
 def test_transcribe(files, capsys, monkeypatch):
     code, payload = _json(capsys, "transcribe", str(files["speech_wav"]), "--bundle", str(files["speech"]))
     assert code == EXIT_OK
-    assert set(payload["results"][0]) == {"input", "text", "token_ids", "confidence", "duration_s", "timings"}
+    assert set(payload["results"][0]) == {"input", "text", "raw_text", "token_ids", "confidence", "duration_s", "timings"}
     assert payload["results"][0]["duration_s"] == pytest.approx(2.7, abs=0.01)
     code, payload = _json(capsys, "transcribe", "-", "--bundle", str(files["speech"]),
                           stdin=files["speech_wav"].read_bytes(), monkeypatch=monkeypatch)

@@ -235,6 +235,17 @@ def test_transcribe_and_command(speech_tokenizer):
     assert _speech(speech_tokenizer, "stop moving please").command(_noise(0.5), RATE).intent == Intent(action="stop")
 
 
+def test_the_bundle_lexicon_corrects_misspelt_words(speech_tokenizer):
+    encoder = ScriptedSpeechEncoder([_path(speech_tokenizer, "turn lefft")] * 2, speech_tokenizer.vocab_size, N_MELS)
+    speech = SpeechPipeline(encoder=encoder, preprocessor=AudioPreprocessor(AudioConfig(n_mels=N_MELS, max_seconds=10.0)),
+                            tokenizer=speech_tokenizer, model_info={"blank_id": 0, "lexicon": ["turn", "left", "right"]})
+    result = speech.transcribe(_noise(0.5), sample_rate=RATE)
+    assert (result.text, result.raw_text) == ("turn left", "turn lefft")
+    assert result.to_dict()["raw_text"] == "turn lefft"
+    speech.use_lexicon = False
+    assert speech.transcribe(_noise(0.5), sample_rate=RATE).text == "turn lefft"
+
+
 def test_words_outside_the_grammar_give_no_intent(speech_tokenizer):
     result = _speech(speech_tokenizer, "red blue triangle").command(_noise(0.5), RATE)
     assert result.intent is None and result.to_dict()["intent"] is None
@@ -320,9 +331,12 @@ def test_load_from_an_archive(bundles, tmp_path):
     assert isinstance(tinymm.load(archive), SpeechPipeline)
 
 
-def test_load_errors(bundles):
-    with pytest.raises(BundleError, match="none yet"):
+def test_load_errors(bundles, tmp_path, monkeypatch):
+    monkeypatch.setattr("tinymm.pipelines.loading.DEFAULT_BUNDLES_DIR", tmp_path / "no-defaults")
+    with pytest.raises(BundleError, match="none in .*make_default_bundles.py"):
         tinymm.load("scene-vlm")
+    with pytest.raises(BundleError, match="neither an existing path nor a default bundle"):
+        tinymm.load("no-such-name")
     with pytest.raises(BundleError, match="does not exist"):
         tinymm.load("no/such/bundle")
     with pytest.raises(BundleError, match="no fp16 variant of any component"):

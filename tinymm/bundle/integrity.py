@@ -100,14 +100,18 @@ def check_external_data(
     return tuple(found)
 
 
+def check_model(root: Path, manifest: Manifest, name: str) -> OnnxSummary:
+    """Scan the component variant file ``name`` and check its external data; returns its summary."""
+    summary = scan_model(root, name)
+    check_external_data(root, name, summary, manifest.files)
+    return summary
+
+
 def check_models(root: Path, manifest: Manifest) -> dict[str, OnnxSummary]:
     """Scan every component variant file and check its external data. Returns file -> summary."""
     summaries: dict[str, OnnxSummary] = {}
     for component in manifest.components.values():
         for variant in component.variants.values():
-            if variant.file in summaries:
-                continue
-            summary = scan_model(root, variant.file)
-            check_external_data(root, variant.file, summary, manifest.files)
-            summaries[variant.file] = summary
+            if variant.file not in summaries:
+                summaries[variant.file] = check_model(root, manifest, variant.file)
     return summaries

@@ -23,7 +23,7 @@ from tinymm.bundle.archive import ARCHIVE_SUFFIXES, extract_archive, is_archive_
 from tinymm.bundle.constants import MANIFEST_NAME, MAX_MANIFEST_BYTES, PRECISIONS
 from tinymm.bundle.errors import BundleNotFoundError, ManifestMissingError, ManifestTooLargeError, NotInBundleError
 from tinymm.bundle.golden import load_npz
-from tinymm.bundle.integrity import check_files, check_models
+from tinymm.bundle.integrity import check_files, check_model, check_models
 from tinymm.bundle.manifest import Component, GoldenPair, Manifest
 from tinymm.bundle.parse import parse_manifest_bytes
 from tinymm.bundle.paths import resolve_inside
@@ -70,6 +70,12 @@ class Bundle:
         if precision not in PRECISIONS:
             raise NotInBundleError(f"precision {precision!r} is not one of {list(PRECISIONS)}")
         return self.file_path(self.component(component).variant(precision).file)
+
+    def checked_component_path(self, component: str, precision: str = "fp32") -> Path:
+        """``component_path``, after scanning that ONNX file and checking its external data."""
+        path = self.component_path(component, precision)
+        check_model(self._root, self._manifest, self.component(component).variant(precision).file)
+        return path
 
     def file_path(self, name: str) -> Path:
         """Path of listed bundle file ``name`` (a bundle-relative POSIX path)."""
@@ -135,22 +141,27 @@ def read_manifest(root: Path) -> Manifest:
     return parse_manifest_bytes(manifest_path.read_bytes(), str(manifest_path))
 
 
-def _read_directory(root: Path, *, verify_checksums: bool, temporary_dir: Path | None = None) -> Bundle:
+def _read_directory(root: Path, *, verify_checksums: bool, scan_models: bool,
+                    temporary_dir: Path | None = None) -> Bundle:
     manifest = read_manifest(root)
     check_files(root, manifest, verify_checksums=verify_checksums)
-    check_models(root, manifest)
+    if scan_models:
+        check_models(root, manifest)
     hashed = "verified" if verify_checksums else "skipped"
     logger.debug("read bundle %r from %s (checksums %s)", manifest.name, root, hashed)
     return Bundle(root, manifest, temporary_dir=temporary_dir)
 
 
-def read_bundle(path: str | Path, *, verify_checksums: bool = True, extract_to: str | Path | None = None) -> Bundle:
+def read_bundle(path: str | Path, *, verify_checksums: bool = True, scan_models: bool = True,
+                extract_to: str | Path | None = None) -> Bundle:
     """Read and validate the bundle at ``path``: a directory, or a .tar/.tar.gz/.tgz archive of one.
 
     An archive is extracted (safely: see archive.py) into ``extract_to`` (absent or empty), or
     else into a temporary directory owned by the returned Bundle (use it in a ``with`` block, or
     call ``close()``). ``verify_checksums=False`` skips hashing (sizes are still compared);
-    ``verify_bundle`` hashes later.
+    ``verify_bundle`` hashes later. ``scan_models=False`` defers the ONNX scan (external data kept
+    inside the bundle) to ``Bundle.checked_component_path``, so that a loader scans only the variants
+    it opens: the pure-Python scan is the slowest part of reading a bundle.
     """
     path = Path(path).absolute()
     if not path.exists():
@@ -159,7 +170,7 @@ def read_bundle(path: str | Path, *, verify_checksums: bool = True, extract_to: 
             f"or a bundle archive ({', '.join(ARCHIVE_SUFFIXES)})"
         )
     if path.is_dir():
-        return _read_directory(path, verify_checksums=verify_checksums)
+        return _read_directory(path, verify_checksums=verify_checksums, scan_models=scan_models)
     if path.name == MANIFEST_NAME:
         raise BundleNotFoundError(
             f"{str(path)!r} is a manifest file; give its bundle directory {str(path.parent)!r} instead"
@@ -171,11 +182,12 @@ def read_bundle(path: str | Path, *, verify_checksums: bool = True, extract_to: 
         )
     if extract_to is not None:
         root = extract_archive(path, Path(extract_to))
-        return _read_directory(root, verify_checksums=verify_checksums)
+        return _read_directory(root, verify_checksums=verify_checksums, scan_models=scan_models)
     temporary_dir = Path(tempfile.mkdtemp(prefix="tinymm-bundle-"))
     try:
         root = extract_archive(path, temporary_dir)
-        return _read_directory(root, verify_checksums=verify_checksums, temporary_dir=temporary_dir)
+        return _read_directory(root, verify_checksums=verify_checksums, scan_models=scan_models,
+                               temporary_dir=temporary_dir)
     except BaseException:
         shutil.rmtree(temporary_dir, ignore_errors=True)
         raise

@@ -8,7 +8,8 @@ Split as whisper splits its decoder, so that a pipeline assembles the pieces it 
 - ``inference``: ``KVCacheInference`` (decoder_first, then decoder_with_past with the cache as a
   dict of arrays, or OrtValues kept on the device) and ``RecomputeInference`` (no cache);
 - ``search``: ``greedy_search``, ``beam_search`` and ``generate``, which picks between them;
-- ``ctc``: ``ctc_greedy_decode`` for the speech encoder.
+- ``ctc``: ``ctc_greedy_decode`` for the speech encoder;
+- ``lexicon``: ``Lexicon``, which snaps a CTC transcript's misspelt words to the bundle's words.
 
 Names are imported from their module on first use (PEP 562), so that ``tinymm.decoding.options``
 (the CLI flags of DecodingOptions) can be imported without numpy.
@@ -23,6 +24,8 @@ from tinymm.lazy_exports import lazy_attributes
 _EXPORTS = {
     "CTCHypothesis": "ctc",
     "ctc_greedy_decode": "ctc",
+    "Lexicon": "lexicon",
+    "edit_distance": "lexicon",
     "NoRepeatNGram": "filters",
     "RepetitionPenalty": "filters",
     "build_filters": "filters",
@@ -45,6 +48,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from tinymm.decoding.ctc import CTCHypothesis, ctc_greedy_decode
+    from tinymm.decoding.lexicon import Lexicon, edit_distance
     from tinymm.decoding.filters import (
         NoRepeatNGram,
         RepetitionPenalty,
@@ -77,6 +81,7 @@ __all__ = [
     "Hypothesis",
     "Inference",
     "KVCacheInference",
+    "Lexicon",
     "NoRepeatNGram",
     "RecomputeInference",
     "RepetitionPenalty",
@@ -86,6 +91,7 @@ __all__ = [
     "count_layers",
     "cross_from_outputs",
     "ctc_greedy_decode",
+    "edit_distance",
     "generate",
     "greedy_search",
     "kv_names",

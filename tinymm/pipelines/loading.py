@@ -156,7 +156,8 @@ def resolve_bundle(name_or_path: str | Path) -> Path:
             if candidate.exists():
                 return candidate
         names = default_bundle_names()
-        shipped = ", ".join(names) if names else "none yet (the default bundles are still being trained)"
+        shipped = ", ".join(names) if names else (
+            f"none in {DEFAULT_BUNDLES_DIR} (a source checkout builds them with scripts/make_default_bundles.py)")
         raise BundleNotFoundError(
             f"bundle {text!r} is neither an existing path nor a default bundle; default bundles: {shipped}. "
             "Pass a bundle directory or archive, e.g. --bundle path/to/bundle (make one with python -m export)"
@@ -215,7 +216,7 @@ def open_sessions(
     backend_options = options.backend_options()
     sessions = {}
     for name in names:
-        path = bundle.component_path(name, chosen[name])
+        path = bundle.checked_component_path(name, chosen[name])
         sessions[name] = backend.load(path, backend_options)
         logger.info("%s: %s on %s", name, chosen[name], sessions[name].provider)
     return sessions
@@ -266,7 +267,8 @@ def load(
     from tinymm.bundle import read_bundle
 
     options = LoadOptions(backend, provider, precision, threads, verify_checksums)
-    bundle = read_bundle(resolve_bundle(name_or_path), verify_checksums=options.verify_checksums)
+    # Only the variants that open_sessions loads are scanned (the scan dominates reading a bundle).
+    bundle = read_bundle(resolve_bundle(name_or_path), verify_checksums=options.verify_checksums, scan_models=False)
     actual = bundle.manifest.family
     wanted = (family,) if family is not None else PIPELINE_FAMILIES
     if actual not in wanted:

@@ -171,10 +171,12 @@ class TranscriptResult:
     confidence: float  # geometric mean over frames of the best label's probability, in (0, 1]
     duration_s: float  # clip length at the model's sample rate
     timings: Timings = field(default_factory=Timings)
+    raw_text: str | None = None  # the decoded text before lexicon correction (None: same as text)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
+            "raw_text": self.text if self.raw_text is None else self.raw_text,
             "token_ids": list(self.token_ids),
             "confidence": _score(self.confidence),
             "duration_s": round(self.duration_s, MS_DECIMALS),

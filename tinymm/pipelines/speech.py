@@ -21,6 +21,7 @@ import numpy as np
 
 from tinymm.backends.base import Session
 from tinymm.decoding import ctc_greedy_decode
+from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
 from tinymm.intent import IntentParser
 from tinymm.pipelines.loading import LoadOptions, bundle_tokenizer, open_sessions
@@ -40,6 +41,7 @@ class SpeechSettings:
 
     blank_id: int  # the CTC blank label
     max_frames: int | None  # most feature frames the encoder takes; None: no limit
+    lexicon: Lexicon | None = None  # the words the model was trained on (model.lexicon); None: no correction
 
     @classmethod
     def from_model_info(cls, info: Mapping[str, Any], tokenizer: Tokenizer) -> SpeechSettings:
@@ -52,7 +54,7 @@ class SpeechSettings:
         max_frames = info.get("max_frames")
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
             raise BundleError(f"manifest model.max_frames={max_frames!r} must be a positive integer")
-        return cls(blank_id=blank, max_frames=max_frames)
+        return cls(blank_id=blank, max_frames=max_frames, lexicon=Lexicon.from_model_info(info.get("lexicon")))
 
 
 class SpeechPipeline:
@@ -73,9 +75,12 @@ class SpeechPipeline:
         model_info: Mapping[str, Any] | None = None,
         intent_parser: IntentParser | None = None,
         name: str = "speech",
+        use_lexicon: bool = True,
     ) -> None:
         self.encoder, self.preprocessor, self.tokenizer, self.name = encoder, preprocessor, tokenizer, name
         self.settings = SpeechSettings.from_model_info(model_info or {}, tokenizer)
+        # Snap misspelt words to the bundle's lexicon (when it has one); False keeps the raw spelling.
+        self.use_lexicon = use_lexicon
         self.intent_parser = intent_parser if intent_parser is not None else IntentParser()
         self.bundle: Bundle | None = None  # set by from_bundle; keeps an extracted archive alive
 
@@ -150,12 +155,14 @@ class SpeechPipeline:
         out = self.encoder.run({"features": features.astype(np.float32, copy=False), "feature_lengths": lengths})
         timer.lap("encode")
         hyps = ctc_greedy_decode(out["log_probs"], out["output_lengths"], self.settings.blank_id)
-        texts = [self.tokenizer.decode(list(h.tokens)) for h in hyps]
+        raw = [self.tokenizer.decode(list(h.tokens)) for h in hyps]
+        lexicon = self.settings.lexicon if self.use_lexicon else None
+        texts = [lexicon.correct(text) for text in raw] if lexicon is not None else raw
         timer.lap("postprocess")
         timings = timer.timings(len(clips))
         return [
-            TranscriptResult(text, h.tokens, h.confidence, len(w) / self.sample_rate, timings)
-            for text, h, w in zip(texts, hyps, waves)
+            TranscriptResult(text, h.tokens, h.confidence, len(w) / self.sample_rate, timings, raw_text=raw_text)
+            for text, raw_text, h, w in zip(texts, raw, hyps, waves)
         ]
 
     def _check_length(self, frames: int) -> None:
