@@ -17,7 +17,7 @@ import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from tinymm.preprocess.audio import AudioPreprocessor, batch_features
 from tinymm.preprocess.config import AudioConfig
 from tinymm.preprocess.text import Tokenizer
 from train.models.speech import CTC_BLANK_ID, SUBSAMPLING_STRIDE, SpeechCTCModel
-from train.speech_tokenizer import TOKENIZER_FILE
+from train.speech_tokenizer import LEXICON_FILE, TOKENIZER_FILE, read_lexicon
 
 __all__ = ["TOKENIZER_FILE", "contract_defaults", "prepare", "speech_graphs", "speech_model_info",
            "speech_random_cases", "speech_real_cases", "load_speech_samples"]
@@ -72,9 +72,14 @@ def speech_graphs(model: SpeechCTCModel) -> dict[str, ComponentGraph]:
     return {graph.name: graph}
 
 
-def speech_model_info(model: SpeechCTCModel) -> dict[str, Any]:
-    """The manifest's ``model`` object for a speech bundle (keys in export/LAYOUT.md)."""
+def speech_model_info(model: SpeechCTCModel, lexicon: Sequence[str] = ()) -> dict[str, Any]:
+    """The manifest's ``model`` object for a speech bundle (keys in export/LAYOUT.md).
+
+    ``lexicon``: the training transcripts' words; when given, the runtime snaps misspelt words of
+    a transcript to them (``model.lexicon``, tinymm/decoding/lexicon.py).
+    """
     cfg = model.config
+    lexicon_entry = {"lexicon": sorted(lexicon)} if lexicon else {}
     return {
         "blank_id": CTC_BLANK_ID,
         "vocab_size": cfg.vocab_size,
@@ -82,6 +87,7 @@ def speech_model_info(model: SpeechCTCModel) -> dict[str, Any]:
         "subsampling_factor": SUBSAMPLING_STRIDE**cfg.subsampling_layers,
         "frame_ms": cfg.frame_ms,
         "max_frames": cfg.max_frames,
+        **lexicon_entry,
     }
 
 
@@ -178,6 +184,10 @@ def prepare(model: SpeechCTCModel, meta: Mapping[str, Any], tokenizer_path: Path
     require(tokenizer.vocab_size == cfg.vocab_size,
             f"tokenizer {tokenizer_path} has {tokenizer.vocab_size} ids but the model has {cfg.vocab_size} CTC outputs "
             "(one per id, the blank included); pass the tokenizer the model was trained with")
+    lexicon_path = tokenizer_path.with_name(LEXICON_FILE)  # written by the recipe next to its tokenizer
+    lexicon = read_lexicon(lexicon_path) if lexicon_path.is_file() else ()
+    if lexicon:
+        sources = {**sources, "lexicon": str(lexicon_path)}
     graphs = speech_graphs(model)
     samples = load_speech_samples(options.golden_batch, audio, cfg.max_frames, options.data_dir, options.seed)
     rng = np.random.default_rng(options.seed)
@@ -190,7 +200,7 @@ def prepare(model: SpeechCTCModel, meta: Mapping[str, Any], tokenizer_path: Path
 
     return Prepared(
         family=FAMILY, tasks=TASKS, model=model, graphs=graphs, preprocess=Preprocess(audio=audio, text=text),
-        tokenizer_path=tokenizer_path, model_info=speech_model_info(model),
+        tokenizer_path=tokenizer_path, model_info=speech_model_info(model, lexicon),
         real_cases=speech_real_cases(samples),
         random_cases=by_component([speech_random_cases(graphs, rng, b, f) for b, f in RANDOM_SIZES]),
         calibration=calibration, greedy=None, sources={**sources, "real_inputs": samples.source},

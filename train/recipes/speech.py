@@ -7,12 +7,15 @@ Stages (each skips when its output exists, and a training stage resumes from its
 
 1. data      OUT/data/speech/...            ``train.data.speech_dataset`` (test = held-out voices)
    features  OUT/features/{split}.npz       log-mels from the runtime's ``AudioPreprocessor.features``
-2. tokenizer OUT/tokenizer/speech.model     sentencepiece on the training transcripts, pad 0 = blank
+2. tokenizer OUT/tokenizer/speech.model     sentencepiece (characters by default) on the training
+                                            transcripts, pad 0 = blank
 3. teacher   OUT/teacher/final              ``SpeechConfig.teacher()``, CTC + SpecAugment
 4. student   OUT/student_kd/final           ``SpeechConfig.student()``: CTC + CTC-posterior KD at a
                                             temperature + hidden-state matching through projections
 5. scratch   OUT/student_scratch/final      the same student, same init, data order and steps, CTC only
-6. evaluate  OUT/results.json, results.md   greedy CTC decoding on test (and val): WER, CER, intents
+6. evaluate  OUT/results.json, results.md   greedy CTC decoding on test (and val): WER, CER, intents,
+                                            raw and with the runtime's lexicon correction
+                                            (OUT/tokenizer/lexicon.txt: the training words)
 
 The training budget (``--budget-minutes``) is shared: the teacher gets TEACHER_SHARE of it and
 the distilled student STUDENT_SHARE; the scratch student runs the distilled student's step count
@@ -36,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import InputError
 from tinymm.intent import IntentParser, normalize_transcript
 from tinymm.preprocess.audio import AudioPreprocessor
@@ -48,7 +52,8 @@ from train.losses import ctc_posterior_kd_loss, hidden_match_loss
 from train.metrics_speech import score_transcripts
 from train.models.layers import key_padding_mask, param_count
 from train.models.speech import CTC_BLANK_ID, SpeechConfig, SpeechCTCModel, SpeechOutput
-from train.speech_tokenizer import SpeechTokenizerConfig, load_speech_tokenizer, train_speech_tokenizer
+from train.speech_tokenizer import LEXICON_FILE, MODEL_TYPES, SpeechTokenizerConfig, load_speech_tokenizer, \
+    read_lexicon, train_speech_tokenizer, write_lexicon
 
 logger = logging.getLogger(__name__)
 
@@ -397,7 +402,10 @@ def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, 
 # Evaluation
 
 
-def evaluate(finals: dict[str, Path], splits: dict[str, FeatureSet], tokenizer, show: bool) -> dict[str, Any]:
+def evaluate(finals: dict[str, Path], splits: dict[str, FeatureSet], tokenizer, show: bool,
+             lexicon: Lexicon | None = None) -> dict[str, Any]:
+    """Greedy-decode every split with every model; scores raw, and with ``lexicon`` correction as the
+    runtime applies it (under the key "lexicon")."""
     parser = IntentParser()
     models: dict[str, Any] = {}
     for name, path in finals.items():
@@ -410,6 +418,9 @@ def evaluate(finals: dict[str, Path], splits: dict[str, FeatureSet], tokenizer, 
             hyps = transcribe(model, data, tokenizer, show=show)
             entry[split] = score_transcripts(data.transcripts, hyps, data.intents, parser).to_dict()
             entry[split]["examples"] = [{"ref": r, "hyp": h} for r, h in zip(data.transcripts[:5], hyps[:5])]
+            if lexicon is not None:
+                corrected = [lexicon.correct(h) for h in hyps]
+                entry[split]["lexicon"] = score_transcripts(data.transcripts, corrected, data.intents, parser).to_dict()
         models[name] = entry
         logger.info("evaluated %s: test WER %.4f", name, entry["test"]["wer"])
     return models
@@ -419,13 +430,15 @@ def markdown_table(models: dict[str, Any], split: str = "test") -> str:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
-    lines = ["| model | parameters | steps | train min | WER | CER | sentence acc | intent acc (commands) "
-             "| intent acc (questions) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | parameters | steps | train min | decoding | WER | CER | sentence acc | intent acc (commands) "
+             "| intent acc (questions) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
-        s = m[split]
-        lines.append(f"| {name} | {m['parameters'] / 1e6:.2f}M | {m['steps']} | {m['train_minutes']} | {pct(s['wer'])} "
-                     f"| {pct(s['cer'])} | {pct(s['sentence_accuracy'])} | {pct(s['command_intent_accuracy'])} "
-                     f"| {pct(s['question_intent_accuracy'])} |")
+        for decoding, s in (("greedy", m[split]), ("greedy + lexicon", m[split].get("lexicon"))):
+            if s is None:
+                continue
+            lines.append(f"| {name} | {m['parameters'] / 1e6:.2f}M | {m['steps']} | {m['train_minutes']} | {decoding} "
+                         f"| {pct(s['wer'])} | {pct(s['cer'])} | {pct(s['sentence_accuracy'])} "
+                         f"| {pct(s['command_intent_accuracy'])} | {pct(s['question_intent_accuracy'])} |")
     return "\n".join(lines)
 
 
@@ -438,7 +451,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="run directory (data, checkpoints, results)")
     p.add_argument("--preset", choices=("tiny", "default"), default="default", help="model sizes")
-    p.add_argument("--clips", type=int, default=8000, help="training clips to synthesize")
+    p.add_argument("--clips", type=int, default=16000, help="training clips to synthesize")
     p.add_argument("--eval-clips", type=int, default=500, help="val and test clips each (test = held-out voices)")
     p.add_argument("--budget-minutes", type=float, default=None,
                    help=f"training time of all stages: teacher {TEACHER_SHARE * 100:.0f}%%, student {STUDENT_SHARE * 100:.0f}%%, "
@@ -449,7 +462,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--batch-size", type=int, default=16, help="clips per step")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, default=100)
-    p.add_argument("--vocab-size", type=int, default=128, help="sentencepiece pieces (id 0 = CTC blank)")
+    p.add_argument("--tokenizer", choices=MODEL_TYPES, default="char",
+                   help="sentencepiece model type of the CTC vocabulary (char learned several times faster "
+                        "than 128 unigram pieces on this data; see train/RESULTS.md)")
+    p.add_argument("--vocab-size", type=int, default=128,
+                   help="most sentencepiece pieces, id 0 = CTC blank (a char vocabulary stops at the letters)")
     p.add_argument("--kd-temperature", type=float, default=DistillConfig.temperature)
     p.add_argument("--kd-weight", type=float, default=DistillConfig.kd_weight)
     p.add_argument("--hidden-weight", type=float, default=DistillConfig.hidden_weight)
@@ -475,8 +492,12 @@ def run(args: argparse.Namespace) -> int:
     if not tokenizer_path.is_file():
         logger.info("stage tokenizer")
         train_speech_tokenizer((item["transcript"] for item in SpeechDataset(data_dir, "train").items), tokenizer_path,
-                               SpeechTokenizerConfig(vocab_size=args.vocab_size))
+                               SpeechTokenizerConfig(vocab_size=args.vocab_size, model_type=args.tokenizer))
     tokenizer = load_speech_tokenizer(tokenizer_path)
+    lexicon_path = tokenizer_path.with_name(LEXICON_FILE)
+    if not lexicon_path.is_file():
+        write_lexicon((item["transcript"] for item in SpeechDataset(data_dir, "train").items), lexicon_path)
+    lexicon = Lexicon(read_lexicon(lexicon_path))
     teacher_cfg, student_cfg = model_configs(args.preset, tokenizer.vocab_size, args.teacher_width, args.teacher_layers)
     audio = AudioConfig(n_mels=student_cfg.n_mels)
     splits = {split: load_features(data_dir, ensure_features(data_dir, out, split, audio, show), split, tokenizer)
@@ -505,7 +526,7 @@ def run(args: argparse.Namespace) -> int:
                                             cfg=stage_config(STUDENT_SHARE, kd_steps, student_seed), **common)
 
     logger.info("stage evaluate")
-    models = evaluate(finals, {"test": splits["test"], "val": splits["val"]}, tokenizer, show)
+    models = evaluate(finals, {"test": splits["test"], "val": splits["val"]}, tokenizer, show, lexicon)
     results = {
         "models": models,
         "data": {split: len(data) for split, data in splits.items()},
