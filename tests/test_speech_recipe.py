@@ -109,3 +109,13 @@ def test_tiny_recipe_end_to_end(tmp_path, capsys) -> None:
     assert main(argv) == 0
     assert (out / "teacher" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
     assert json.loads((out / "results.json").read_text())["models"]["teacher"]["test"] == models["teacher"]["test"]
+
+
+def test_lexicon_file_round_trips_the_training_words(tmp_path) -> None:
+    from train.speech_tokenizer import read_lexicon, write_lexicon
+
+    words = write_lexicon(["Go forward THREE meters.", "turn left", "turn  right"], tmp_path / "tok" / "lexicon.txt")
+    assert words == ("forward", "go", "left", "meters", "right", "three", "turn")
+    assert read_lexicon(tmp_path / "tok" / "lexicon.txt") == words
+    with pytest.raises(ValueError, match="no words"):
+        write_lexicon(["", "  "], tmp_path / "empty.txt")
