@@ -3,6 +3,10 @@
     python -m export runs/vlm/distill/final --out bundles/scene-vlm --precision fp32,int8 --data runs/vlm
     python -m export runs/speech/student_kd/final --out bundles/speech --data runs/speech/data
 
+With ``--data`` holding a test split, int8 is gated on the task metric (VQA accuracy, WER) of the
+whole model on ``--eval-samples`` test items (``--max-metric-drop`` points at most), and the model
+card lists the task metrics per precision; without it, the gate uses the golden outputs' cosine.
+
 Exit codes: 0 written and verified; 3 bad input (missing checkpoint, unknown model kind, no
 tokenizer, a contract that does not fit the model); 4 the bundle could not be written (e.g. the
 output directory is not empty: pass --force); 6 parity or golden tolerance failed (nothing is
@@ -20,6 +24,8 @@ from pathlib import Path
 from typing import Sequence
 
 from tinymm.errors import EXIT_USAGE, TinymmError
+
+DEFAULT_MAX_DROP = 1.0  # metric points; the same as export.accuracy_gate.DEFAULT_MAX_DROP (checked by a test)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -57,8 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration", type=int, default=16, help="real inputs calibrating int8 (default 16)")
     parser.add_argument("--seed", type=int, default=0, help="seed of generated and random inputs (default 0)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    parser.add_argument("--max-metric-drop", type=float, default=None, metavar="POINTS",
+                        help="int8 gate: task metric points an int8 component may lose vs fp32 (WER: may gain); "
+                        f"default {DEFAULT_MAX_DROP:g}")
+    parser.add_argument("--eval-samples", type=int, default=None, metavar="N",
+                        help="int8 gate and model card: test-split scenes or clips evaluated per model "
+                        "(default: 32 scenes or 256 clips, ~10 s each on 2 CPU cores; needs --data with a test split)")
     parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (default 0: torch's default; 1 is fastest on a busy machine)")
+                        help="torch and evaluation CPU threads (default 0: the libraries' default; 1 is fastest "
+                        "on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step (info level)")
     return parser
@@ -71,6 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from export.bundle_build import ExportRequest, build_bundle
         from export.onnx_common import ExportOptions, SampleOptions
+        from export.task_eval import GateOptions
 
         if args.threads < 0:
             sys.stderr.write(f"python -m export: error: --threads {args.threads} must be >= 0\n")
@@ -81,13 +95,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             torch.set_num_threads(args.threads)
 
         try:
+            gate = GateOptions(
+                max_metric_drop=DEFAULT_MAX_DROP if args.max_metric_drop is None else args.max_metric_drop,
+                eval_samples=args.eval_samples,
+                threads=args.threads)
             samples = SampleOptions(data_dir=args.data, golden_batch=args.golden_batch,
                                     calibration_samples=args.calibration, seed=args.seed)
             request = ExportRequest(
                 checkpoint=args.checkpoint, out=args.out, precisions=args.precision, samples=samples,
                 tokenizer=args.tokenizer, preprocess=args.preprocess, name=args.name, force=args.force,
                 options=ExportOptions(opset=args.opset), progress=not args.no_progress,
-                command=shlex.join(["python", "-m", "export", *argv]),
+                command=shlex.join(["python", "-m", "export", *argv]), gate=gate,
             )
         except ValueError as e:
             sys.stderr.write(f"python -m export: error: {e}\n")

@@ -12,7 +12,8 @@ Procedure (every step is recorded in the report):
 3. Otherwise sweep per-node sensitivity by leave-one-out on the task metric (`sensitivity.py`):
    each candidate node is left in float alone, the INT8 model rebuilt and evaluated. At most
    `max_sweep` candidates are swept, in the order given (default: every quantizable node in
-   graph order; pass `candidates` ranked by `output_error_ranking` to sweep the likeliest first).
+   graph order; pass `candidates` ranked by `output_error_ranking`, or a `rank` callback that
+   ranks them once the all-INT8 build exists, to sweep the likeliest first).
 4. Greedily leave the most sensitive nodes in float, one more at a time (a node that does not
    improve the metric is put back), until the drop is within `max_drop` (ACCEPTED) or
    `max_excluded` nodes are in float or no helpful node is left (REFUSED).
@@ -132,6 +133,7 @@ def run_int8_gate(
     higher_is_better: bool = True,
     candidates: Sequence[str] | None = None,
     max_sweep: int = DEFAULT_MAX_SWEEP,
+    rank: Callable[[Path, Sequence[str]], Sequence[str]] | None = None,
 ) -> GateReport:
     """Decide whether an INT8 variant of the fp32 model at `fp32_path` may ship (see module doc).
 
@@ -144,6 +146,9 @@ def run_int8_gate(
     max_excluded: nodes the gate may leave in float before refusing.
     candidates: nodes the sweep may exclude, most promising first (default: `quantizable_nodes`).
     max_sweep: leave-one-out evaluations at most.
+    rank: (all-INT8 model path, candidates) -> the candidates most promising first, called only
+        when a sweep is needed (e.g. `output_error_ranking` on a few samples, so that a small
+        `max_sweep` sweeps the likeliest nodes when each evaluation is expensive).
     Returns the GateReport; never raises for a refusal (see `GateReport.raise_if_refused`).
     """
     _check_options(max_drop, max_excluded, max_sweep)
@@ -183,6 +188,8 @@ def run_int8_gate(
         return report(ACCEPTED if drop_of(best_score) <= max_drop else REFUSED, best_score, best_excluded, best_path)
 
     nodes = list(candidates) if candidates is not None else quantizable_nodes(Path(fp32_path))
+    if rank is not None:
+        nodes = list(rank(best_path, nodes))
     ranked = leave_one_out(
         nodes, cache, int8_score=best_score, higher_is_better=higher_is_better, max_evaluations=max_sweep
     )

@@ -10,7 +10,11 @@
    no-cache decoding (export/parity.py); a failure stops here, before anything is written;
 4. record golden pairs (real inputs, torch fp32 outputs) and, for --precision fp16/int8, build
    those variants (export/fp16.py, export/quantize.py: static QDQ for encoders, dynamic int8 for
-   decoder steps) and check each against its golden tolerance;
+   decoder steps); int8 goes through the accuracy gate (export/task_eval_gate.py): on the task
+   metric of the whole model when ``samples.data_dir`` holds a test split (export/task_eval*.py,
+   which also records the metrics per precision and the runtime-vs-torch agreement), else on the
+   golden cosine; a refused component ships no int8 file. Every variant is then checked against
+   its golden tolerance;
 5. write the bundle with BundleWriter (manifest with components, preprocess, golden pairs, the
    ``model`` object and provenance; ONNX files; tokenizer; README.md model card), then read and
    verify it again.
@@ -28,7 +32,6 @@ Where the tokenizer and the contract come from (first found wins):
 from __future__ import annotations
 
 import importlib
-import itertools
 import json
 import logging
 import math
@@ -38,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from tqdm import tqdm
 
@@ -46,6 +49,9 @@ from export.golden import TOLERANCES, GoldenRecord, evaluate_variant, record_gol
 from export.onnx_common import ExportError, ExportOptions, Prepared, SampleOptions, export_onnx
 from export.parity import ParityError, check_parity, component_parity, load_session
 from export.share_weights import share_decoder_weights
+from export.task_eval import GateOptions, TaskEvaluator, make_task_evaluator, missing_test_split
+from export.task_eval_card import gate_lines, task_lines
+from export.task_eval_gate import GOLDEN_METRIC, Int8Variants, build_int8_variants, task_metrics
 from tinymm import __version__
 from tinymm.bundle import PRECISIONS, Bundle, BundleWriter, read_bundle, verify_bundle
 from tinymm.bundle.validate import NAME_HINT
@@ -60,7 +66,6 @@ VLM_KIND = "train.models.vlm.VisionLanguageModel"
 SPEECH_KIND = "train.models.speech.SpeechCTCModel"
 FAMILY_MODULES = {VLM_KIND: "export.onnx_vlm", SPEECH_KIND: "export.onnx_speech"}  # model kind -> family module
 PREPROCESS_FILE = "preprocess.json"  # a contract next to a checkpoint: {"image": {...}, "audio": {...}, "text": {...}}
-STATIC_INT8 = ("image_encoder", "text_encoder", "speech_encoder")  # calibrated QDQ; the decoder steps get dynamic int8
 SEARCH_LEVELS = 3  # the checkpoint directory, its parent and its grandparent
 
 
@@ -79,6 +84,7 @@ class ExportRequest:
     options: ExportOptions = field(default_factory=ExportOptions)
     command: str = ""  # the command line, recorded in the provenance
     progress: bool = True  # show a tqdm bar
+    gate: GateOptions = field(default_factory=GateOptions)  # the int8 gate's task metric (with --data)
 
     def __post_init__(self) -> None:
         for name in ("checkpoint", "out", "tokenizer", "preprocess"):
@@ -191,42 +197,26 @@ def prepare(request: ExportRequest) -> Prepared:
     return family.prepare(model, meta, tokenizer_path, sections, sources, request.samples)
 
 
-def _variant(precision: str, component: str, fp32: Path, work: Path, prepared: Prepared,
-             record: GoldenRecord) -> tuple[Path, dict[str, Any] | None]:
-    """(path, int8 gate report or None) of the fp16 or int8 variant of one component.
-
-    int8 goes through the accuracy gate (export/accuracy_gate.py) with the golden outputs'
-    smallest cosine (in points: 100 x cosine) as the metric, so nodes that break the tolerance
-    are left in float, or the gate refuses (Int8Refused) and nothing is written.
-    """
+def _fp16(component: str, fp32: Path, work: Path) -> Path:
+    """The fp16 variant of one component (float16 weights and compute, float32 I/O)."""
     try:
-        from export.accuracy_gate import run_int8_gate
         from export.fp16 import convert_fp16
-        from export.quantize import DYNAMIC_OP_TYPES, quantizable_nodes, quantize_dynamic_int8, quantize_static_qdq
     except ImportError as e:
-        raise ExportError(f"--precision {precision} needs export/fp16.py, quantize.py and accuracy_gate.py, which "
-                          f"failed to import ({e}); export fp32 only or fix the installation") from e
-    if precision == "fp16":
-        return convert_fp16(fp32, work / f"{component}.fp16.onnx", keep_io_types=True), None
-    static = component in STATIC_INT8
-    samples = prepared.calibration()[component] if static else []
-    builds = itertools.count()
+        raise ExportError(f"--precision fp16 needs export/fp16.py, which failed to import ({e}); export fp32 only "
+                          "or fix the installation") from e
+    return convert_fp16(fp32, work / f"{component}.fp16.onnx", keep_io_types=True)
 
-    def build(excluded: Sequence[str]) -> Path:
-        out = work / f"{component}.int8.try{next(builds)}.onnx"
-        if static:
-            return quantize_static_qdq(fp32, out, samples, nodes_to_exclude=excluded)
-        return quantize_dynamic_int8(fp32, out, nodes_to_exclude=excluded)
 
-    gate = run_int8_gate(
-        fp32, build, lambda path: 100.0 * evaluate_variant(path, record, "int8").min_cosine,
-        max_drop=100.0 * (1.0 - TOLERANCES["int8"].min_cosine),
-        candidates=None if static else quantizable_nodes(fp32, DYNAMIC_OP_TYPES),
-    )
-    gate.raise_if_refused()
-    final = work / f"{component}.int8.onnx"
-    gate.int8_path.replace(final)
-    return final, gate.to_dict()
+def _task_eval(prepared: Prepared, request: ExportRequest, evaluator: TaskEvaluator | None,
+               files: Mapping[str, Mapping[str, Path]], int8: Int8Variants | None) -> dict[str, Any]:
+    """The provenance's ``task_eval``: task metrics per precision, or why there are none."""
+    if evaluator is None:
+        return {"metric": GOLDEN_METRIC,
+                "reason": f"no task metric: {missing_test_split(prepared.family, request.samples.data_dir)}"}
+    task_eval = task_metrics(evaluator, files)
+    if int8 is not None and int8.combined is not None:
+        task_eval["int8_variant"] = {**int8.combined, "max_drop": request.gate.max_metric_drop}
+    return task_eval
 
 
 def _json_safe(value: Any) -> Any:
@@ -287,6 +277,8 @@ def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, 
     total = {p: sum(v[p].stat().st_size for v in files.values() if p in v)
              + (shared_weights[p].stat().st_size if p in shared_weights else 0) for p in PRECISIONS}
     lines += ["", "Total model bytes per precision (ONNX files and shared weights): " + ", ".join(f"{p} {n}" for p, n in total.items() if n), "",
+              *task_lines(provenance["export"]["task_eval"], files, shared_weights),
+              *gate_lines(parity.get("int8_gate", {})),
               "## Parity of the fp32 export with torch", "",
               "| component | random inputs max abs | real inputs max abs | min cosine |", "|---|---:|---:|---:|"]
     for component, entry in parity["components"].items():
@@ -339,16 +331,23 @@ def build_bundle(request: ExportRequest) -> Bundle:
             parity["greedy"] = prepared.greedy(sessions)
         check_parity(parity)
         bar.update()
-        gates: dict[str, Any] = {}
-        for precision in quantized:
+        fp32 = {c: paths["fp32"] for c, paths in files.items()}
+        evaluator = make_task_evaluator(prepared, request.samples.data_dir, request.gate)
+        if "fp16" in quantized:
             for component in prepared.graphs:
-                bar.set_postfix_str(f"{precision} {component}")
-                path, gate = _variant(precision, component, files[component]["fp32"], work, prepared,
-                                      records[component])
-                files[component][precision] = path
-                if gate is not None:
-                    gates[component] = gate
+                bar.set_postfix_str(f"fp16 {component}")
+                files[component]["fp16"] = _fp16(component, fp32[component], work)
                 bar.update()
+        int8 = None
+        if "int8" in quantized:
+            bar.set_postfix_str("int8 gate")
+            int8 = build_int8_variants(prepared, fp32, work, records, evaluator, request.gate)
+            for component, path in int8.files.items():
+                files[component]["int8"] = path
+            bar.update(len(prepared.graphs))
+        bar.set_postfix_str("task metrics")
+        task_eval = _task_eval(prepared, request, evaluator, files, int8)
+        gates = dict(int8.reports) if int8 is not None else {}
         # The two decoder graphs hold the same weights: store them once per precision in a shared
         # external-data file (export/share_weights.py). This rewrites the decoder files, so the golden
         # check runs after it, on the files the bundle ships.
@@ -364,8 +363,8 @@ def build_bundle(request: ExportRequest) -> Bundle:
         bar.set_postfix_str("write")
         for weights in shared.values():  # listed in the manifest with its sha256, like every bundle file
             writer.add_file(weights.weights.name, weights.weights)
-        _write(writer, request, name, prepared, files, records, golden, dict(parity, int8_gate=gates), seconds,
-               started, {precision: w.weights for precision, w in shared.items()})
+        _write(writer, request, name, prepared, files, records, golden, dict(parity, int8_gate=gates), task_eval,
+               seconds, started, {precision: w.weights for precision, w in shared.items()})
         bar.update()
     bundle = read_bundle(request.out)
     report = verify_bundle(bundle)
@@ -376,8 +375,8 @@ def build_bundle(request: ExportRequest) -> Bundle:
 
 def _write(writer: BundleWriter, request: ExportRequest, name: str, prepared: Prepared,
            files: Mapping[str, Mapping[str, Path]], records: Mapping[str, GoldenRecord],
-           golden: Mapping[str, Mapping[str, GoldenResult]], parity: Mapping[str, Any], seconds: Mapping[str, float],
-           started: float, shared_weights: Mapping[str, Path]) -> None:
+           golden: Mapping[str, Mapping[str, GoldenResult]], parity: Mapping[str, Any], task_eval: Mapping[str, Any],
+           seconds: Mapping[str, float], started: float, shared_weights: Mapping[str, Path]) -> None:
     """Stage every file in ``writer`` and publish the bundle (BundleWriter validates it first)."""
     from train.checkpoint import CONFIG_FILE, WEIGHTS_FILE, read_checkpoint_meta
 
@@ -390,7 +389,9 @@ def _write(writer: BundleWriter, request: ExportRequest, name: str, prepared: Pr
         "export": {"command": request.command, "exporter": "torch.onnx TorchScript (dynamo=False)",
                    "opset": request.options.opset, "precisions": list(request.precisions),
                    "export_seconds": dict(seconds), "total_seconds": round(time.perf_counter() - started, 1),
-                   "sources": dict(prepared.sources), "parity": parity,
+                   "sources": dict(prepared.sources), "parity": parity, "task_eval": task_eval,
+                   "int8_gate_options": {"max_metric_drop": request.gate.max_metric_drop,
+                                         "eval_samples": request.gate.samples_for(prepared.family)},
                    "golden": {c: {p: {"max_abs": r.max_abs, "min_cosine": r.min_cosine} for p, r in by_p.items()}
                               for c, by_p in golden.items()},
                    "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},

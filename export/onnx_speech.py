@@ -37,7 +37,8 @@ __all__ = ["TOKENIZER_FILE", "contract_defaults", "prepare", "speech_graphs", "s
 FAMILY = "speech"
 TASKS = ("transcribe", "command")
 COMPONENT = "speech_encoder"
-SPEECH_SPLIT = "test"  # held-out voices and rates
+SPEECH_SPLIT = "test"  # held-out voices and rates: the golden pairs
+CALIBRATION_SPLITS = ("train", "val")  # INT8 calibration clips, never the split the accuracy gate scores
 SYNTH_VOICES = ("en-us", "en-gb-scotland+m3", "en+f2", "en-us+klatt")  # espeak-ng voices for generated clips
 # Example sizes used for tracing: every dynamic dimension >= 2 so none is frozen to 1.
 EXAMPLE_BATCH, EXAMPLE_FRAMES = 2, 48
@@ -120,19 +121,25 @@ def _synthesized(count: int, sample_rate: int, seed: int) -> tuple[list[np.ndarr
 
 
 def load_speech_samples(
-    count: int, audio: AudioConfig, max_frames: int, data_dir: str | Path | None = None, seed: int = 0
+    count: int, audio: AudioConfig, max_frames: int, data_dir: str | Path | None = None, seed: int = 0,
+    prefer: tuple[str, ...] = (SPEECH_SPLIT,),
 ) -> SpeechSamples:
-    """``count`` clips: from ``data_dir``'s test split when given, else synthesized (deterministic).
+    """``count`` clips: from ``data_dir`` when given, else synthesized (deterministic).
 
-    Clips longer than ``max_frames`` feature frames are cut to it.
+    From ``data_dir``, the first split of ``prefer`` that exists (then any split) is read: the golden
+    pairs come from test, INT8 calibration from train (CALIBRATION_SPLITS), so that the accuracy
+    gate never scores the int8 model on the clips it was calibrated on. Clips longer than
+    ``max_frames`` feature frames are cut to it.
     """
     if data_dir is not None:
-        from train.data.speech_dataset import SpeechDataset
+        from train.data.speech_dataset import SPLITS, SpeechDataset
 
-        clips = SpeechDataset(data_dir, SPEECH_SPLIT)
+        split = next((s for s in (*prefer, *SPLITS) if (Path(data_dir) / "speech" / s / "manifest.jsonl").is_file()),
+                     prefer[0])  # none there: SpeechDataset says how to write the dataset
+        clips = SpeechDataset(data_dir, split)
         items = [clips[i] for i in range(min(count, len(clips)))]
         waves, transcripts = [w for w, _ in items], [item["transcript"] for _, item in items]
-        source = f"speech dataset {data_dir} split {SPEECH_SPLIT}"
+        source = f"speech dataset {data_dir} split {split}"
     else:
         waves, transcripts, source = _synthesized(count, audio.sample_rate, seed)
     preprocessor = AudioPreprocessor(audio)
@@ -195,7 +202,7 @@ def prepare(model: SpeechCTCModel, meta: Mapping[str, Any], tokenizer_path: Path
     @functools.cache
     def calibration() -> dict[str, list[dict[str, np.ndarray]]]:
         more = load_speech_samples(options.calibration_samples, audio, cfg.max_frames, options.data_dir,
-                                   options.seed + 1)
+                                   options.seed + 1, prefer=CALIBRATION_SPLITS)
         return split_rows(speech_real_cases(more))
 
     return Prepared(

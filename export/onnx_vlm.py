@@ -208,17 +208,24 @@ def caption_prompt(tokenizer: Tokenizer) -> np.ndarray:
     return np.asarray([max(tokenizer.config.bos_id, 0)], dtype=np.int64)
 
 
-def load_vlm_samples(
-    count: int, image: ImageConfig, tokenizer: Tokenizer, data_dir: str | Path | None = None, seed: int = 0
-) -> VLMSamples:
-    """``count`` scenes with one caption each: from ``data_dir``'s test split when given, else generated.
+CALIBRATION_SPLITS = ("train", "val")  # INT8 calibration reads training scenes, never the test split
 
-    Generated scenes are scene ``i`` of the generator's test stream for ``seed`` (deterministic).
+
+def load_vlm_samples(
+    count: int, image: ImageConfig, tokenizer: Tokenizer, data_dir: str | Path | None = None, seed: int = 0,
+    prefer: tuple[str, ...] = ("test", "val"),
+) -> VLMSamples:
+    """``count`` scenes with one caption each: from ``data_dir`` when given, else generated.
+
+    From ``data_dir``, the first split of ``prefer`` that exists (then any split) is read: the golden
+    pairs come from test, INT8 calibration from train, so that the accuracy gate never scores the
+    int8 model on the scenes it was calibrated on. Generated scenes are scene ``i`` of the
+    generator's test stream for ``seed`` (deterministic).
     """
     if data_dir is not None:
         from train.data.scene_dataset import SPLITS, SceneDataset
 
-        split = next(s for s in ("test", "val", *SPLITS) if _has_split(data_dir, s))
+        split = next(s for s in (*prefer, *SPLITS) if _has_split(data_dir, s))
         scenes = SceneDataset(data_dir, split)
         items = [scenes[i] for i in range(min(count, len(scenes)))]
         source = f"scene dataset {data_dir} split {split}"
@@ -321,7 +328,8 @@ def prepare(model: VisionLanguageModel, meta: Mapping[str, Any], tokenizer_path:
 
     @functools.cache
     def calibration() -> dict[str, list[dict[str, np.ndarray]]]:
-        more = load_vlm_samples(options.calibration_samples, image, tokenizer, options.data_dir, options.seed + 1)
+        more = load_vlm_samples(options.calibration_samples, image, tokenizer, options.data_dir, options.seed + 1,
+                                prefer=CALIBRATION_SPLITS)
         return split_rows(vlm_real_cases(graphs, more))
 
     return Prepared(

@@ -89,8 +89,8 @@ def leave_one_out(
     """
     if len(candidates) > max_evaluations:
         logger.warning(
-            "sensitivity sweep: %d candidate nodes but a budget of %d evaluations; sweeping the first %d "
-            "(order candidates with output_error_ranking to sweep the likeliest ones)",
+            "sensitivity sweep: %d candidate nodes but a budget of %d evaluations; sweeping the first %d in the "
+            "order given (rank the candidates, e.g. with output_error_ranking, to sweep the likeliest ones)",
             len(candidates),
             max_evaluations,
             max_evaluations,
