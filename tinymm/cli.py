@@ -39,6 +39,7 @@ COMMAND_MODULES = (  # each has add_parser(subparsers) and run(args)
     "tinymm.commands.command",
     "tinymm.commands.watch",
     "tinymm.commands.listen",
+    "tinymm.commands.demo",
 )
 EXIT_UNEXPECTED = 1  # an exception that is not a TinymmError: a bug, or an unforeseen environment
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
