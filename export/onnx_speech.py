@@ -80,7 +80,7 @@ def speech_model_info(model: SpeechCTCModel, lexicon: Sequence[str] = ()) -> dic
     a transcript to them (``model.lexicon``, tinymm/decoding/lexicon.py).
     """
     cfg = model.config
-    lexicon_entry = {"lexicon": sorted(lexicon)} if lexicon else {}
+    lexicon_entry = {"lexicon": list(lexicon)} if lexicon else {}  # in file order: most frequent first
     return {
         "blank_id": CTC_BLANK_ID,
         "vocab_size": cfg.vocab_size,

@@ -23,10 +23,11 @@ def test_near_misses_snap_to_the_lexicon_and_known_words_stay():
     assert lexicon.correct("  stop  ") == "stop"
 
 
-def test_ties_and_far_words_are_left_as_spoken():
-    lexicon = Lexicon(WORDS)
-    assert lexicon.closest("blcck") == "blcck"  # one edit from both "black" and "block": not guessed
-    assert lexicon.closest("xylophone") == "xylophone"
+def test_ties_go_to_the_word_listed_first_and_far_words_are_left_as_spoken():
+    assert Lexicon(WORDS).closest("blcck") == "black"  # one edit from "black" and "block": listed first
+    assert Lexicon(["block", "black"]).closest("blcck") == "block"
+    assert Lexicon(["tell", "ten"]).correct("tel me") == "tell me"
+    assert Lexicon(WORDS).closest("xylophone") == "xylophone"
     assert Lexicon(WORDS, max_edit_fraction=0.1).closest("blellow") == "blellow"
 
 

@@ -115,7 +115,7 @@ def test_lexicon_file_round_trips_the_training_words(tmp_path) -> None:
     from train.speech_tokenizer import read_lexicon, write_lexicon
 
     words = write_lexicon(["Go forward THREE meters.", "turn left", "turn  right"], tmp_path / "tok" / "lexicon.txt")
-    assert words == ("forward", "go", "left", "meters", "right", "three", "turn")
+    assert words == ("turn", "forward", "go", "left", "meters", "right", "three")  # most frequent first
     assert read_lexicon(tmp_path / "tok" / "lexicon.txt") == words
     with pytest.raises(ValueError, match="no words"):
         write_lexicon(["", "  "], tmp_path / "empty.txt")

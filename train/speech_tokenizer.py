@@ -9,6 +9,7 @@ canonical (``normalize_transcript``: lowercase a-z words), so every character is
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -98,12 +99,14 @@ def load_speech_tokenizer(path: str | Path) -> Tokenizer:
 
 
 def write_lexicon(transcripts: Iterable[str], out_path: str | Path) -> tuple[str, ...]:
-    """Write the sorted distinct words of ``transcripts`` (normalized) to ``out_path``, one per line.
+    """Write the distinct words of ``transcripts`` (normalized) to ``out_path``, one per line, most
+    frequent first (ties alphabetical).
 
     The export puts them in the bundle's ``model.lexicon``, and the runtime snaps misspelt words
-    of a transcript to them (tinymm/decoding/lexicon.py).
+    of a transcript to them (tinymm/decoding/lexicon.py), breaking ties toward the word listed first.
     """
-    words = tuple(sorted({w for t in transcripts for w in normalize_transcript(t).split()}))
+    counts = Counter(w for t in transcripts for w in normalize_transcript(t).split())
+    words = tuple(sorted(counts, key=lambda w: (-counts[w], w)))
     if not words:
         raise ValueError("no words to write a lexicon of; write the training split first")
     out_path = Path(out_path)

@@ -9,8 +9,9 @@ lexicon does in a classic ASR decoder. A bundle that ships one lists its words i
     lexicon.correct("pick up the blellow circle")  # -> "pick up the yellow circle"
 
 A word is replaced only when its closest lexicon word is within ``max_edit_fraction`` edits per
-character of the longer of the two words, and closer than any other lexicon word (a tie is left
-alone, so an ambiguous spelling is not guessed); otherwise it is kept as spoken.
+character of the longer of the two words; otherwise it is kept as spoken. Among equally close
+words the one listed first wins: list the most frequent words first (the training recipe writes
+them so), which makes the tie-break a unigram prior ("tel" becomes "tell", not "ten").
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ class Lexicon:
     """The words a speech model was trained on; ``correct`` snaps near misses to them."""
 
     def __init__(self, words: Iterable[str], max_edit_fraction: float = DEFAULT_MAX_EDIT_FRACTION) -> None:
-        cleaned = frozenset(w.strip().lower() for w in words if isinstance(w, str) and w.strip())
-        if not cleaned:
+        ordered = tuple(dict.fromkeys(w.strip().lower() for w in words if isinstance(w, str) and w.strip()))
+        if not ordered:
             raise BundleError("the lexicon is empty; a bundle's model.lexicon must list the words the model knows")
         if not 0.0 < max_edit_fraction <= 1.0:
             raise ValueError(f"max_edit_fraction={max_edit_fraction!r} must be in (0, 1]")
-        self.words = cleaned
+        self.words = frozenset(ordered)
         self.max_edit_fraction = max_edit_fraction
-        self._sorted = tuple(sorted(cleaned))  # a fixed order, so that results never depend on set order
+        self._ordered = ordered  # the given order decides ties: most frequent first
 
     def __repr__(self) -> str:
         return f"Lexicon({len(self.words)} words, max_edit_fraction={self.max_edit_fraction})"
@@ -62,22 +63,20 @@ class Lexicon:
         return cls(value)
 
     def closest(self, word: str) -> str:
-        """``word`` itself when known, else the unique closest lexicon word within the limit, else ``word``."""
+        """``word`` itself when known, else the closest lexicon word within the limit, else ``word``."""
         if word in self.words:
             return word
-        best, best_distance, tied = word, None, False
-        for candidate in self._sorted:
+        best, best_distance = word, None
+        for candidate in self._ordered:
             limit = self.max_edit_fraction * max(len(word), len(candidate))
             if abs(len(word) - len(candidate)) > limit:
                 continue
             distance = edit_distance(word, candidate)
             if distance > limit:
                 continue
-            if best_distance is None or distance < best_distance:
-                best, best_distance, tied = candidate, distance, False
-            elif distance == best_distance:
-                tied = True
-        return word if tied else best
+            if best_distance is None or distance < best_distance:  # strictly closer: earlier words win ties
+                best, best_distance = candidate, distance
+        return best
 
     def correct(self, text: str) -> str:
         """``text`` with each unknown word replaced by its closest lexicon word (see ``closest``)."""
