@@ -151,6 +151,30 @@ def test_collate_pads_and_maps_texts_to_images(scenes_and_tokenizer):
     assert (batch["labels"][pad] == IGNORE_INDEX).all()
 
 
+def test_scene_without_captions_trains_on_its_questions(scenes_and_tokenizer):
+    from train.vlm_data import TASKS, TaskMix, VLMSceneDataset
+
+    scenes, tokenizer = scenes_and_tokenizer
+    ds = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, 8, mix=TaskMix(caption=1.0, vqa=0.0))
+    annotation = {**scenes.annotations[0], "captions": []}
+    rng = np.random.default_rng(0)
+    assert {ds.text_example(annotation, 0, rng)[0] for _ in range(5)} == {TASKS.index("vqa")}
+
+
+def test_question_types_are_drawn_uniformly(scenes_and_tokenizer):
+    from train.vlm_data import TaskMix, VLMSceneDataset
+
+    scenes, tokenizer = scenes_and_tokenizer
+    qa = [{"type": "exist", "question": f"q{i}", "answer": "yes"} for i in range(9)]
+    qa.append({"type": "sign", "question": "what does the sign say?", "answer": "go"})
+    rng = np.random.default_rng(0)
+    balanced = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, 8)._draw_question
+    plain = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, 8, mix=TaskMix(balance_question_types=False))._draw_question
+    share = np.mean([balanced(qa, rng)["type"] == "sign" for _ in range(400)])
+    assert 0.4 < share < 0.6
+    assert np.mean([plain(qa, rng)["type"] == "sign" for _ in range(400)]) < 0.2
+
+
 def test_curriculum_starts_with_one_object_scenes():
     from train.vlm_data import curriculum_pool
 
@@ -203,6 +227,72 @@ def test_multi_text_forward_matches_one_text_per_image():
     torch.testing.assert_close(out.logits, reference.logits)
     torch.testing.assert_close(out.image_embedding[image_index], reference.image_embedding)
     assert [a.shape for a in out.aux_logits] == [(2, 8, 8, 3), (2, 8, 8, 2)]
+
+
+def test_length_bucketed_decoding_matches_one_padded_pass():
+    import torch
+
+    from train.models.vlm import VisionLanguageModel, VLMConfig
+    from train.vlm_train import forward_multi_text
+
+    torch.manual_seed(0)
+    model = VisionLanguageModel(VLMConfig.tiny()).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(4, 64, (5, 9))
+    mask = torch.arange(9)[None, :] < torch.tensor([3, 9, 5, 2, 7])[:, None]  # (5, 9) right padding
+    image_index = torch.tensor([0, 1, 1, 0, 1])
+    with torch.no_grad():
+        padded = forward_multi_text(model, pixels, ids, image_index)
+        bucketed = forward_multi_text(model, pixels, ids, image_index, mask)
+    torch.testing.assert_close(bucketed.logits[mask], padded.logits[mask])
+    torch.testing.assert_close(bucketed.decoder_last[mask], padded.decoder_last[mask])
+    assert bucketed.logits.shape == padded.logits.shape
+
+
+def test_aux_loss_weights_object_cells_over_empty_ones():
+    import torch
+
+    from train.vlm_data import IGNORE_INDEX
+    from train.vlm_train import aux_loss
+
+    aux = torch.zeros(1, 2, 2, 2, dtype=torch.long)  # (B, A, G, G): 4 cells, 2 attributes
+    aux[0, :, 0, 0] = torch.tensor([1, 2])  # one object in cell (0, 0)
+    aux[0, 1, 1, 1] = IGNORE_INDEX  # an attribute that does not apply: no loss, but the cell is occupied
+    wrong_on_object = torch.zeros(1, 2, 2, 3)
+    wrong_on_object[..., 0] = 5.0  # predicts "none" everywhere, also on the object
+    right = wrong_on_object.clone()
+    right[0, 0, 0] = torch.tensor([0.0, 5.0, 5.0])
+    logits = (wrong_on_object, wrong_on_object)
+    full = aux_loss(logits, aux, empty_weight=1.0)
+    weighted = aux_loss(logits, aux, empty_weight=0.1)
+    assert weighted > 2 * full  # the missed object dominates once empty cells are down-weighted
+    assert aux_loss((right, right), aux, empty_weight=0.1) < 0.2 * weighted
+    # empty_weight 1 and no ignored targets: the plain mean over cells
+    plain = torch.nn.functional.cross_entropy(wrong_on_object.flatten(0, 2), aux[:, 0].flatten())
+    torch.testing.assert_close(aux_loss((wrong_on_object,), aux[:, :1], empty_weight=1.0), plain)
+
+
+def test_same_seed_gives_same_images_per_step_with_or_without_pseudo_captions(scenes_and_tokenizer, tmp_path):
+    from train.loop import setup_device
+    from train.models.vlm import VisionLanguageModel
+    from train.recipes.vlm import model_configs
+    from train.vlm_data import VLMSceneDataset
+    from train.vlm_train import LossWeights, StageOptions, train_stage
+
+    scenes, tokenizer = scenes_and_tokenizer
+    config = model_configs("tiny", TINY_SIZE, tokenizer.vocab_size)["student"]
+    seen = []
+    pseudo = {i: ["a sign"] for i in range(len(scenes))}  # draws extra random numbers for captions
+    for run, captions in (("distill", pseudo), ("scratch", None)):
+        ds = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, config.patch_size, pseudo_captions=captions)
+        calls = []
+        original = ds.example
+        ds.example = lambda i, rng, texts, calls=calls, original=original: calls.append(i) or original(i, rng, texts)
+        options = StageOptions(budget_minutes=None, max_steps=3, batch_size=4, texts_per_image=2)
+        train_stage(run, VisionLanguageModel(config), ds, tmp_path / run, options, LossWeights(),
+                    setup_device("cpu", "fp32"), show_progress=False)
+        seen.append(calls)
+    assert seen[0] == seen[1] and len(seen[0]) == 12
 
 
 def test_stage_resumes_from_its_latest_checkpoint(scenes_and_tokenizer, tmp_path):

@@ -38,6 +38,7 @@ from train.data.scene_world import COLORS, SHAPES, SIGN_TEXTS, SIZES
 IGNORE_INDEX = -100  # label value the losses skip (prompt positions, padding, non-applicable attributes)
 TASKS = ("caption", "vqa")
 NONE_CLASS = "none"  # attribute class of a cell without an object centre
+NONE_CLASS_ID = 0  # its index: first in every AUX_ATTRIBUTES entry
 SIGN_SHAPE = "sign"  # the "shape" class of a sign
 # Auxiliary attributes and their classes, "none" first; a sign has no colour or size (ignored there).
 AUX_ATTRIBUTES: dict[str, tuple[str, ...]] = {
@@ -53,9 +54,10 @@ AUX_CLASSES = tuple(len(v) for v in AUX_ATTRIBUTES.values())  # VLMConfig.aux_at
 class TaskMix:
     """How often each text task is drawn, and the curriculum over scene complexity."""
 
-    caption: float = 0.35  # relative weight of caption examples
-    vqa: float = 0.65  # relative weight of question-answer examples
+    caption: float = 0.25  # relative weight of caption examples
+    vqa: float = 0.75  # relative weight of question-answer examples
     pseudo_caption: float = 0.5  # chance a caption example uses the teacher's pseudo-caption, where one exists
+    balance_question_types: bool = True  # draw a question type uniformly, then a question of that type
 
     def __post_init__(self) -> None:
         for name in ("caption", "vqa"):
@@ -159,19 +161,33 @@ class VLMSceneDataset(Dataset):
     def text_example(self, annotation: Mapping[str, Any], index: int, rng: np.random.Generator) -> tuple[int, np.ndarray, list[int]]:
         """(task index, prompt ids (P,), target ids) of one task drawn from the scene."""
         task = TASKS[int(rng.choice(len(TASKS), p=self.mix.probabilities))]
+        pseudo = self.pseudo_captions.get(index)
         if task == "vqa" and not annotation["qa"]:
             task = "caption"
+        elif task == "caption" and not annotation["captions"] and not pseudo and annotation["qa"]:
+            task = "vqa"  # the generator writes no caption for a few scenes (e.g. a lone sign)
+        if task == "caption" and not annotation["captions"] and not pseudo:
+            raise InputError(f"scene {index} has no caption and no question to train on; regenerate the dataset")
         if task == "caption":
-            pseudo = self.pseudo_captions.get(index)
-            if pseudo and rng.random() < self.mix.pseudo_caption:
+            if pseudo and (rng.random() < self.mix.pseudo_caption or not annotation["captions"]):
                 text = pseudo[int(rng.integers(len(pseudo)))]
             else:
                 text = annotation["captions"][int(rng.integers(len(annotation["captions"])))]["text"]
             return TASKS.index("caption"), self.prompt_ids["caption"], self.tokenizer.encode(text)
-        qa = annotation["qa"][int(rng.integers(len(annotation["qa"])))]
+        qa = self._draw_question(annotation["qa"], rng)
         prompt = self.tokenizer.encode_prompt("ask", max_new_tokens=len(self.tokenizer.encode(qa["answer"])) + 1,
                                               question=qa["question"])
         return TASKS.index("vqa"), prompt, self.tokenizer.encode(qa["answer"])
+
+    def _draw_question(self, qa: Sequence[Mapping[str, str]], rng: np.random.Generator) -> Mapping[str, str]:
+        """One of the scene's questions. The generator asks many more "exist" and "how many" questions
+        than sign or position ones; with balance_question_types every type present is equally likely."""
+        if not self.mix.balance_question_types:
+            return qa[int(rng.integers(len(qa)))]
+        types = sorted({q["type"] for q in qa})
+        kind = types[int(rng.integers(len(types)))]
+        same = [q for q in qa if q["type"] == kind]
+        return same[int(rng.integers(len(same)))]
 
     def example(self, index: int, rng: np.random.Generator, texts: int = 1) -> dict[str, Any]:
         """One example of scene `index` with `texts` text tasks drawn with rng (see the class docstring).

@@ -32,7 +32,7 @@ from train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_
 from train.loop import CosineSchedule, DeviceSetup, MetricsLogger, TimeBudget, progress, set_lr
 from train.losses import affinity_distill_loss, hidden_match_loss, kd_logit_loss
 from train.models.vlm import VisionLanguageModel, VLMConfig
-from train.vlm_data import IGNORE_INDEX, VLMSceneDataset, collate, curriculum_pool, label_token_batch
+from train.vlm_data import IGNORE_INDEX, NONE_CLASS_ID, VLMSceneDataset, collate, curriculum_pool, label_token_batch
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ SCHEDULE_RESOLUTION = 10_000  # the cosine schedule is indexed by progress * thi
 FINAL_DIR = "final"
 PROJECTIONS_FILE = "projections.pt"
 LOG_EVERY_STEPS = 10
+LENGTH_BUCKETS = 3  # groups of similar-length texts decoded separately (see forward_multi_text)
+IMAGE_STREAM, TEXT_STREAM = 0, 1  # random streams per step: which images, which texts about them
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class StageOptions:
     weight_decay: float = 0.05  # AdamW decoupled weight decay (not on norms, biases, embeddings' positions)
     warmup_fraction: float = 0.05  # share of the stage spent in linear lr warmup
     min_lr_fraction: float = 0.05  # final lr as a fraction of the peak
-    curriculum_fraction: float = 0.15  # share of the stage over which scenes grow from 1 object to all
+    curriculum_fraction: float = 0.3  # share of the stage over which scenes grow from 1 object to all
     grad_clip: float = 1.0  # max global gradient norm
     checkpoint_minutes: float = 10.0  # wall-clock minutes between resumable checkpoints
     seed: int = 0  # task sampling and batch order
@@ -84,7 +86,8 @@ class LossWeights:
 
     lm: float = 1.0  # cross-entropy on caption / answer tokens (ground truth or pseudo-captions)
     contrastive: float = 0.5  # CLIP loss of images against the full label set
-    aux: float = 0.5  # per-cell attribute cross-entropy, averaged over the attributes
+    aux: float = 1.0  # per-cell attribute cross-entropy, averaged over the attributes
+    aux_empty: float = 0.1  # weight of an empty cell's "none" target relative to an object cell's (1)
     kd_logit: float = 1.0  # KL(teacher || student) on the target tokens' next-token distributions
     kd_temperature: float = 2.0  # softmax temperature of the logit KD
     hidden: float = 1.0  # MSE of projected student states to the teacher's (encoder tokens, last decoder block)
@@ -131,12 +134,24 @@ def clip_label_loss(model: VisionLanguageModel, image_embedding: torch.Tensor, l
     return 0.5 * (_soft_cross_entropy(logits, label_targets) + _soft_cross_entropy(logits.t(), label_targets.t()))
 
 
-def aux_loss(aux_logits: tuple[torch.Tensor, ...], aux: torch.Tensor) -> torch.Tensor:
-    """Mean over attributes of the per-cell cross-entropy; aux_logits as VLMOutput's, aux (B, A, G, G) int64."""
+def aux_loss(aux_logits: tuple[torch.Tensor, ...], aux: torch.Tensor, empty_weight: float) -> torch.Tensor:
+    """Mean over attributes of the per-cell cross-entropy, weighted towards the object cells.
+
+    aux_logits as VLMOutput's, aux (B, A, G, G) int64. Most cells are empty, so a plain mean over
+    cells is dominated by the easy "none" class: each cell's loss is weighted 1 where the cell holds
+    an object centre (any attribute not "none") and ``empty_weight`` where it is empty, and the
+    weighted sum is divided by the weights' sum (cells whose target is IGNORE_INDEX count 0).
+    """
     if not aux_logits:
         return aux.new_zeros((), dtype=torch.float32)
-    losses = [F.cross_entropy(logits.flatten(0, 2).float(), aux[:, a].flatten(), ignore_index=IGNORE_INDEX)
-              for a, logits in enumerate(aux_logits)]
+    occupied = (aux != NONE_CLASS_ID).any(dim=1).flatten()  # (B*G*G,): an object centre lies in the cell
+    cell_weight = torch.where(occupied, 1.0, empty_weight)  # (B*G*G,)
+    losses = []
+    for a, logits in enumerate(aux_logits):
+        target = aux[:, a].flatten()  # (B*G*G,)
+        ce = F.cross_entropy(logits.flatten(0, 2).float(), target, ignore_index=IGNORE_INDEX, reduction="none")
+        w = cell_weight * (target != IGNORE_INDEX)
+        losses.append((ce * w).sum() / w.sum().clamp_min(1e-6))
     return torch.stack(losses).mean()
 
 
@@ -152,35 +167,56 @@ class MultiTextOutput:
 
 
 def forward_multi_text(model: VisionLanguageModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                       image_index: torch.Tensor) -> MultiTextOutput:
-    """VisionLanguageModel.forward_features with several texts per image: the encoder (the costly
-    part, G*G tokens) runs once per image and each layer's cross-attention K/V are gathered per text.
+                       image_index: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MultiTextOutput:
+    """VisionLanguageModel.forward_features with several texts per image: the encoder runs once per
+    image and each layer's cross-attention K/V are gathered per text.
 
-    pixel_values (B, 3, H, W) float32, input_ids (N, T) int64, image_index (N,) int64 in [0, B).
+    pixel_values (B, 3, H, W) float32, input_ids (N, T) int64, image_index (N,) int64 in [0, B),
+    attention_mask (N, T) bool (right padding) or None. With a mask the texts are decoded in
+    LENGTH_BUCKETS groups of similar length, each trimmed to its longest text: short answers are not
+    padded to the longest caption. Outputs at valid positions are the same as one padded pass (the
+    decoder is causal); padded positions hold no meaningful values (the losses mask them).
     """
     image_tokens, _ = model.image_encoder(pixel_values)  # (B, G*G, Ce)
-    cross = tuple(kv[image_index] for kv in model.cross_kv(model.projector(image_tokens)))  # (N, nh, N_img, hs)
-    logits, _, decoder_hidden = model.decoder(input_ids, cross)
-    return MultiTextOutput(logits=logits, image_tokens=image_tokens, image_embedding=model._pool_image(image_tokens),
-                           decoder_last=decoder_hidden[-1], aux_logits=model.attribute_logits(image_tokens))
+    image_kv = model.cross_kv(model.projector(image_tokens))  # per image: (B, nh, N_img, hs) each
+    n, width = input_ids.shape
+    if attention_mask is None:
+        groups = [torch.arange(n, device=input_ids.device)]
+        lengths = torch.full((n,), width, device=input_ids.device)
+    else:
+        lengths = attention_mask.sum(dim=1)  # (N,)
+        groups = [g for g in torch.tensor_split(torch.argsort(lengths), LENGTH_BUCKETS) if len(g)]
+    logits, last = [], []
+    for rows in groups:  # (n_g,) text indices
+        length = int(lengths[rows].max())
+        cross = tuple(kv[image_index[rows]] for kv in image_kv)  # (n_g, nh, N_img, hs)
+        group_logits, _, hidden = model.decoder(input_ids[rows, :length], cross)  # (n_g, length, V)
+        logits.append(F.pad(group_logits, (0, 0, 0, width - length)))  # (n_g, T, V)
+        last.append(F.pad(hidden[-1], (0, 0, 0, width - length)))  # (n_g, T, Cd)
+    inverse = torch.argsort(torch.cat(groups))  # back to the batch's text order
+    return MultiTextOutput(logits=torch.cat(logits)[inverse], image_tokens=image_tokens,
+                           image_embedding=model._pool_image(image_tokens), decoder_last=torch.cat(last)[inverse],
+                           aux_logits=model.attribute_logits(image_tokens))
 
 
 def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], label_ids: torch.Tensor,
                    label_mask: torch.Tensor, weights: LossWeights, teacher: VisionLanguageModel | None = None,
                    projections: Projections | None = None) -> dict[str, torch.Tensor]:
     """Every loss term of one batch (see the module docstring and ``collate``) and their weighted ``total``."""
-    out = forward_multi_text(model, batch["pixel_values"], batch["input_ids"], batch["image_index"])
+    out = forward_multi_text(model, batch["pixel_values"], batch["input_ids"], batch["image_index"],
+                             batch["attention_mask"])
     labels = batch["labels"]
     lm = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
     label_embedding = model.embed_text(label_ids, label_mask)  # (L, E)
     losses = {
         "lm": lm,
         "contrastive": clip_label_loss(model, out.image_embedding, label_embedding, batch["label_targets"]),
-        "aux": aux_loss(out.aux_logits, batch["aux"]),
+        "aux": aux_loss(out.aux_logits, batch["aux"], weights.aux_empty),
     }
     if teacher is not None:
         with torch.no_grad():
-            t_out = forward_multi_text(teacher, batch["pixel_values"], batch["input_ids"], batch["image_index"])
+            t_out = forward_multi_text(teacher, batch["pixel_values"], batch["input_ids"], batch["image_index"],
+                                       batch["attention_mask"])
             t_label_embedding = teacher.embed_text(label_ids, label_mask)
         target_mask = labels != IGNORE_INDEX  # (N, T)
         losses["kd_logit"] = kd_logit_loss(out.logits, t_out.logits, weights.kd_temperature, target_mask)
@@ -246,7 +282,6 @@ def train_stage(name: str, model: VisionLanguageModel, dataset: VLMSceneDataset,
     schedule = CosineSchedule(options.lr, SCHEDULE_RESOLUTION, int(options.warmup_fraction * SCHEDULE_RESOLUTION),
                               options.lr * options.min_lr_fraction)
     label_ids, label_mask = (t.to(device) for t in label_token_batch(dataset.tokenizer, dataset.labels))
-    rng = np.random.default_rng([options.seed, step])
     clock = TimeBudget(None)
     last_ckpt = time.monotonic()
 
@@ -270,8 +305,12 @@ def train_stage(name: str, model: VisionLanguageModel, dataset: VLMSceneDataset,
             lr = schedule(int(frac * SCHEDULE_RESOLUTION))
             set_lr(optimizer, lr)
             pool = curriculum_pool(dataset.object_counts, frac, options.curriculum_fraction)
-            indices = rng.choice(pool, size=options.batch_size, replace=len(pool) < options.batch_size)
-            examples = [dataset.example(int(i), rng, options.texts_per_image) for i in indices]
+            # Batches are a function of (seed, step): two stages with the same seed see the same images
+            # at the same step (distilled vs scratch), and a resumed stage continues the same sequence.
+            pick_rng = np.random.default_rng([options.seed, step, IMAGE_STREAM])
+            text_rng = np.random.default_rng([options.seed, step, TEXT_STREAM])
+            indices = pick_rng.choice(pool, size=options.batch_size, replace=len(pool) < options.batch_size)
+            examples = [dataset.example(int(i), text_rng, options.texts_per_image) for i in indices]
             batch = _to_device(collate(examples, dataset.tokenizer.config.pad_id), device)
             with setup.autocast():
                 losses = compute_losses(model, batch, label_ids, label_mask, weights, teacher, projections)
