@@ -57,7 +57,7 @@ class Lexicon:
         """The lexicon of a manifest's ``model.lexicon`` (a list of words), None when absent."""
         if value is None:
             return None
-        if not isinstance(value, list) or not all(isinstance(w, str) for w in value):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(w, str) for w in value):
             raise BundleError(f"manifest model.lexicon must be a list of words, got {type(value).__name__}; "
                               "re-export the bundle")
         return cls(value)
