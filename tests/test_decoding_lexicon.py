@@ -39,3 +39,8 @@ def test_bad_lexicons_are_refused():
     assert Lexicon.from_model_info(None) is None
     with pytest.raises(ValueError, match="max_edit_fraction"):
         Lexicon(WORDS, max_edit_fraction=0.0)
+
+
+def test_a_manifest_lexicon_may_arrive_as_a_tuple():
+    lexicon = Lexicon.from_model_info(("stop", "go"))
+    assert lexicon is not None and lexicon.correct("stopp") == "stop"
