@@ -44,3 +44,10 @@ def test_bad_lexicons_are_refused():
 def test_a_manifest_lexicon_may_arrive_as_a_tuple():
     lexicon = Lexicon.from_model_info(("stop", "go"))
     assert lexicon is not None and lexicon.correct("stopp") == "stop"
+
+
+def test_the_cutoff_distance_agrees_with_the_full_one():
+    for a, b in [("kitten", "sitting"), ("blellow", "yellow"), ("and", "triangle"), ("", "ab")]:
+        full = edit_distance(a, b)
+        for limit in range(0, 6):
+            assert edit_distance(a, b, limit) == (full if full <= limit else limit + 1)

@@ -21,17 +21,26 @@ from typing import Iterable
 from tinymm.errors import BundleError
 
 DEFAULT_MAX_EDIT_FRACTION = 0.5  # edits per character of the longer word, at most, for a replacement
+MAX_CACHED_WORDS = 4096  # corrections remembered per Lexicon (bounded: a stream can say anything)
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insertions, deletions and substitutions cost 1)."""
+def edit_distance(a: str, b: str, limit: int | None = None) -> int:
+    """Levenshtein distance (insertions, deletions and substitutions cost 1).
+
+    With ``limit``, stops as soon as the distance must exceed it and returns ``limit + 1``: most
+    lexicon words are far from a misspelling, and this rejects them after a row or two.
+    """
     if len(a) < len(b):
         a, b = b, a
+    if limit is not None and len(a) - len(b) > limit:
+        return limit + 1
     previous = list(range(len(b) + 1))
     for i, char_a in enumerate(a, start=1):
         current = [i]
         for j, char_b in enumerate(b, start=1):
             current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b)))
+        if limit is not None and min(current) > limit:  # every later row is at least this far
+            return limit + 1
         previous = current
     return previous[-1]
 
@@ -48,6 +57,7 @@ class Lexicon:
         self.words = frozenset(ordered)
         self.max_edit_fraction = max_edit_fraction
         self._ordered = ordered  # the given order decides ties: most frequent first
+        self._cache: dict[str, str] = {}  # unknown word -> its correction; a talker repeats their slips
 
     def __repr__(self) -> str:
         return f"Lexicon({len(self.words)} words, max_edit_fraction={self.max_edit_fraction})"
@@ -66,16 +76,19 @@ class Lexicon:
         """``word`` itself when known, else the closest lexicon word within the limit, else ``word``."""
         if word in self.words:
             return word
+        cached = self._cache.get(word)
+        if cached is not None:
+            return cached
         best, best_distance = word, None
         for candidate in self._ordered:
-            limit = self.max_edit_fraction * max(len(word), len(candidate))
-            if abs(len(word) - len(candidate)) > limit:
-                continue
-            distance = edit_distance(word, candidate)
-            if distance > limit:
-                continue
-            if best_distance is None or distance < best_distance:  # strictly closer: earlier words win ties
+            limit = int(self.max_edit_fraction * max(len(word), len(candidate)))
+            if best_distance is not None:
+                limit = min(limit, best_distance - 1)  # only a strictly closer word can win
+            distance = edit_distance(word, candidate, limit)
+            if distance <= limit:  # earlier words win ties: a later one must be strictly closer
                 best, best_distance = candidate, distance
+        if len(self._cache) < MAX_CACHED_WORDS:
+            self._cache[word] = best
         return best
 
     def correct(self, text: str) -> str:
