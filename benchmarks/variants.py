@@ -198,9 +198,11 @@ def tinymm_variants(vlm_bundle: Path, speech_bundle: Path, name: str, provider: 
     return {task: Variant(name, label, measured(call)) for task, call in calls.items()}
 
 
-def _encoder_measurement(start: float, begin: float, end: float, done: float) -> Measurement:
+def _encoder_measurement(start: float, begin: float, end: float, done: float,
+                         token_ids: tuple[int, ...] = ()) -> Measurement:
     """Preprocess until ``begin``, the model until ``end``, postprocess until ``done`` (perf_counter seconds)."""
-    return Measurement(done - start, {"preprocess": begin - start, "encode": end - begin, "postprocess": done - end})
+    return Measurement(done - start, {"preprocess": begin - start, "encode": end - begin, "postprocess": done - end},
+                       token_ids=token_ids)
 
 
 def torch_variants(vlm_checkpoint: Path, speech_checkpoint: Path, vlm_bundle: Path, speech_bundle: Path,
@@ -272,8 +274,9 @@ def torch_variants(vlm_checkpoint: Path, speech_checkpoint: Path, vlm_bundle: Pa
         with torch.inference_mode():
             log_probs, out_lengths = asr_model(torch.from_numpy(features), torch.from_numpy(lengths))
         end = time.perf_counter()
-        asr.tokenizer.decode(greedy_decode(log_probs, out_lengths)[0])
-        return _encoder_measurement(start, begin, end, time.perf_counter())
+        ids = greedy_decode(log_probs, out_lengths)[0]
+        asr.tokenizer.decode(ids)
+        return _encoder_measurement(start, begin, end, time.perf_counter(), token_ids=tuple(ids))
 
     label = "torch eager fp32"
     return {"caption": Variant(TORCH, label, lambda: generate("caption")),
