@@ -60,9 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "a preprocess.json next to it, or the training recipe's defaults)")
     parser.add_argument("--name", default=None, help="bundle name (default: the --out directory's name)")
     parser.add_argument("--golden-batch", type=int, default=2, help="real inputs per golden pair (default 2)")
-    parser.add_argument("--calibration", type=int, default=16, help="real inputs calibrating int8 (default 16)")
+    parser.add_argument("--calibration", type=int, default=256,
+                        help="real inputs calibrating int8, from the data's train split (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed of generated and random inputs (default 0)")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, >= 17 (default 17)")
+    parser.add_argument("--exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                        help="torch.onnx exporter (default dynamo; torchscript is the deprecated one, faster to run)")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset (default: the exporter's lowest, 18 for dynamo, 17 for torchscript)")
     parser.add_argument("--max-metric-drop", type=float, default=None, metavar="POINTS",
                         help="int8 gate: task metric points an int8 component may lose vs fp32 (WER: may gain); "
                         f"default {DEFAULT_MAX_DROP:g}")
@@ -104,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             request = ExportRequest(
                 checkpoint=args.checkpoint, out=args.out, precisions=args.precision, samples=samples,
                 tokenizer=args.tokenizer, preprocess=args.preprocess, name=args.name, force=args.force,
-                options=ExportOptions(opset=args.opset), progress=not args.no_progress,
+                options=ExportOptions(opset=args.opset, exporter=args.exporter), progress=not args.no_progress,
                 command=shlex.join(["python", "-m", "export", *argv]), gate=gate,
             )
         except ValueError as e:

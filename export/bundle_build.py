@@ -386,7 +386,7 @@ def _write(writer: BundleWriter, request: ExportRequest, name: str, prepared: Pr
                        "sha256": sha256_file(request.checkpoint / WEIGHTS_FILE),
                        "config_sha256": sha256_file(request.checkpoint / CONFIG_FILE)},
         "training": meta.get("extra", {}),
-        "export": {"command": request.command, "exporter": "torch.onnx TorchScript (dynamo=False)",
+        "export": {"command": request.command, "exporter": f"torch.onnx ({request.options.exporter})",
                    "opset": request.options.opset, "precisions": list(request.precisions),
                    "export_seconds": dict(seconds), "total_seconds": round(time.perf_counter() - started, 1),
                    "sources": dict(prepared.sources), "parity": parity, "task_eval": task_eval,

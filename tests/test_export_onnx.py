@@ -57,12 +57,14 @@ def vlm(tmp_path_factory: pytest.TempPathFactory):
     return model, graphs, {name: load_session(path) for name, path in paths.items()}, paths
 
 
-@pytest.fixture(scope="module")
-def speech(tmp_path_factory: pytest.TempPathFactory):
+@pytest.fixture(scope="module", params=["dynamo", "torchscript"])
+def speech(request, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny speech encoder exported with each exporter (both must reach the same parity)."""
     torch.manual_seed(1)
     model = SpeechCTCModel(SpeechConfig.tiny()).eval()
     graphs = speech_graphs(model)
-    path = export_onnx(graphs["speech_encoder"], tmp_path_factory.mktemp("speech") / "speech_encoder.onnx")
+    path = export_onnx(graphs["speech_encoder"], tmp_path_factory.mktemp("speech") / "speech_encoder.onnx",
+                       ExportOptions(exporter=request.param))
     return model, graphs, load_session(path), path
 
 
@@ -158,12 +160,12 @@ def test_finalize_refuses_if_nodes_and_pruned_inputs() -> None:
     wrapper = ComponentGraph("toy", torch.nn.Identity().eval(), inputs=(TensorSpec("x", (1,), "float32"),),
                              outputs=(TensorSpec("y", (1,), "float32"),), example=(torch.zeros(1),))
     with pytest.raises(ExportError, match="control flow.*If merged_decoder"):
-        finalize_model(model, wrapper, ExportOptions())
+        finalize_model(model, wrapper, ExportOptions(exporter="torchscript"))
     missing = ComponentGraph("toy", torch.nn.Identity().eval(), inputs=(TensorSpec("z", (1,), "float32"),),
                              outputs=(TensorSpec("y", (1,), "float32"),), example=(torch.zeros(1),))
     model.graph.ClearField("node")
     with pytest.raises(ExportError, match="no input/output 'z'"):
-        finalize_model(model, missing, ExportOptions())
+        finalize_model(model, missing, ExportOptions(exporter="torchscript"))
 
 
 def test_wrappers_must_be_in_eval_mode_and_options_are_checked() -> None:
@@ -189,3 +191,12 @@ def test_check_parity_fails_on_large_errors_and_different_tokens() -> None:
         check_parity(_report(0.0, tokens_match=False))
     with pytest.raises(ParityError):
         check_parity(_report(float("nan")))
+
+
+def test_export_options_pick_each_exporters_lowest_opset() -> None:
+    assert ExportOptions().exporter == "dynamo" and ExportOptions().opset == 18
+    assert ExportOptions(exporter="torchscript").opset == 17
+    with pytest.raises(ValueError, match="dynamo exporter"):
+        ExportOptions(opset=17)
+    with pytest.raises(ValueError, match="exporter"):
+        ExportOptions(exporter="jit")

@@ -218,3 +218,9 @@ def init_transformer_weights(model: nn.Module, n_residual_branches: int) -> None
 def param_count(model: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters; tied (shared) tensors are counted once."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def is_exporting() -> bool:
+    """True while torch.onnx traces the model (TorchScript tracing or the dynamo exporter's
+    torch.export): input checks that read tensor values must skip themselves then."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()

@@ -34,6 +34,7 @@ from torch import nn
 
 from tinymm.errors import InputError
 from train.models.layers import (
+    is_exporting,
     MLP,
     SelfAttention,
     config_from_dict,
@@ -224,7 +225,7 @@ class SpeechCTCModel(nn.Module):
         return subsampled_length(lengths, self.config.subsampling_layers)
 
     def _check(self, features: torch.Tensor, lengths: torch.Tensor) -> None:
-        if torch.jit.is_tracing():
+        if is_exporting():
             return
         cfg = self.config
         if features.ndim != 3 or features.shape[1] != cfg.n_mels:

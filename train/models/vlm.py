@@ -45,6 +45,7 @@ from torch import nn
 
 from tinymm.errors import InputError
 from train.models.layers import (
+    is_exporting,
     MLP,
     CrossAttention,
     EncoderBlock,
@@ -285,7 +286,7 @@ class TextDecoder(nn.Module):
         (flat, each (B, nh, P+T, hs)) and each block's output (B, T, Cd)."""
         T = input_ids.shape[1]
         past_len = 0 if past is None else past[0].shape[2]
-        if not torch.jit.is_tracing() and (T < 1 or past_len + T > self.max_text_len):
+        if not is_exporting() and (T < 1 or past_len + T > self.max_text_len):
             raise InputError(
                 f"decoding {past_len} cached + {T} new tokens; the decoder holds 1 to max_text_len="
                 f"{self.max_text_len} tokens. Shorten the prompt or stop generating earlier."
@@ -335,7 +336,7 @@ class VisionLanguageModel(nn.Module):
     # ---- input checks (skipped while tracing for export: shapes are symbolic there) ----
     def _check_pixels(self, pixel_values: torch.Tensor) -> None:
         size = self.config.image_size
-        if torch.jit.is_tracing():
+        if is_exporting():
             return
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (IMAGE_CHANNELS, size, size):
             raise InputError(
@@ -344,7 +345,7 @@ class VisionLanguageModel(nn.Module):
             )
 
     def _check_ids(self, input_ids: torch.Tensor) -> None:
-        if torch.jit.is_tracing():
+        if is_exporting():
             return
         if input_ids.ndim != 2 or input_ids.dtype != torch.long:
             raise InputError(f"input_ids must be a (B, T) int64 tensor, got {input_ids.dtype} {tuple(input_ids.shape)}")
@@ -445,7 +446,7 @@ class VisionLanguageModel(nn.Module):
         L2-normalised. Bidirectional blocks over the shared embeddings, masked mean pool, Linear."""
         self._check_ids(input_ids)
         valid = attention_mask.bool()  # (B, T)
-        if not torch.jit.is_tracing():
+        if not is_exporting():
             if valid.shape != input_ids.shape or input_ids.shape[1] > self.config.max_text_len:
                 raise InputError(
                     f"embed_text got ids {tuple(input_ids.shape)} and mask {tuple(valid.shape)}; both must be "
