@@ -158,8 +158,10 @@ def export_bundle(checkpoint: Path, out: Path, precisions: str) -> str:
     """``python -m export`` the checkpoint to ``out`` unless ``out`` already holds its export; the command."""
     from tinymm.bundle import read_bundle
 
+    # The exporter of the shipped default bundles (scripts/make_default_bundles.py), so that a
+    # checkpoint of a default student gives the bundle that ships.
     command = [sys.executable, "-m", "export", str(checkpoint), "--out", str(out), "--precision", precisions,
-               "--threads", "1", "--no-progress", "--force"]
+               "--threads", "1", "--no-progress", "--force", "--exporter", "torchscript"]
     if (out / "manifest.json").is_file():
         with read_bundle(out, verify_checksums=False) as bundle:
             done = bundle.manifest.provenance.get("checkpoint", {}).get("sha256")
