@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import hashlib
 import io
 import json
 import logging
@@ -53,6 +52,7 @@ from benchmarks.variants import (  # noqa: E402
 )
 from tinymm.bench import StageRecorder, collect_machine_facts, measure_cold_start, summarize  # noqa: E402
 from tinymm.bench.stats import RunRecord  # noqa: E402
+from tinymm.hashing import sha256_file  # noqa: E402
 from tinymm.commands.bench import write_wav  # noqa: E402
 
 logger = logging.getLogger("side_by_side")
@@ -166,7 +166,7 @@ def export_bundle(checkpoint: Path, out: Path, precisions: str) -> str:
         with read_bundle(out, verify_checksums=False) as bundle:
             done = bundle.manifest.provenance.get("checkpoint", {}).get("sha256")
             have = set(bundle.manifest.components[next(iter(bundle.manifest.components))].precisions)
-        weights = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+        weights = sha256_file(checkpoint / "model.safetensors")
         if done == weights and set(precisions.split(",")) <= have:
             return shlex.join(["python", *command[1:]]) + "  # reused"
     subprocess.run(command, check=True, cwd=ROOT)

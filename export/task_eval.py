@@ -105,6 +105,11 @@ class TorchSession:
         return {name: outputs[name] for name in (output_names or self.graph.output_names)}
 
 
+def batch_slices(n: int, size: int) -> list[slice]:
+    """Slices cutting ``n`` items into consecutive batches of at most ``size``."""
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
 def agreement(reference: Sequence[tuple[int, ...]], outputs: Sequence[tuple[int, ...]]) -> dict[str, Any]:
     """How many outputs equal the reference's token for token: {"outputs", "identical", "rate" (points)}."""
     if len(reference) != len(outputs):

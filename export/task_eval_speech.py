@@ -19,7 +19,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from export.task_eval import POINTS, TEST_SPLIT, TaskEvaluator, TaskScores, TorchSession
+from export.task_eval import POINTS, TEST_SPLIT, TaskEvaluator, TaskScores, TorchSession, batch_slices
 
 if TYPE_CHECKING:
     from export.onnx_common import Prepared
@@ -29,10 +29,6 @@ logger = logging.getLogger(__name__)
 
 BATCH = 16  # clips per pipeline call
 METRIC = "wer"
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 class SpeechTaskEvaluator(TaskEvaluator):
@@ -96,7 +92,7 @@ class SpeechTaskEvaluator(TaskEvaluator):
         pipeline = SpeechPipeline(encoder=sessions[COMPONENT], preprocessor=self.preprocessor,
                                   tokenizer=self.tokenizer, model_info=self.prepared.model_info, name="task-eval")
         results = []
-        for part in _chunks(len(self.waves), BATCH):
+        for part in batch_slices(len(self.waves), BATCH):
             results += pipeline.transcribe(self.waves[part], sample_rate=self.sample_rate)
         return self._scores([r.text for r in results], [r.token_ids for r in results])
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
-from export.task_eval import POINTS, TEST_SPLIT, TaskEvaluator, TaskScores
+from export.task_eval import POINTS, TEST_SPLIT, TaskEvaluator, TaskScores, batch_slices
 
 if TYPE_CHECKING:
     from export.onnx_common import Prepared
@@ -32,10 +32,6 @@ logger = logging.getLogger(__name__)
 
 BATCH = 64  # images or questions per pipeline call
 METRIC = "vqa_accuracy"
-
-
-def _chunks(n: int, size: int) -> list[slice]:
-    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 class VLMTaskEvaluator(TaskEvaluator):
@@ -104,11 +100,11 @@ class VLMTaskEvaluator(TaskEvaluator):
             name="task-eval",
         )
         captions = []
-        for part in _chunks(len(self.images), BATCH):
+        for part in batch_slices(len(self.images), BATCH):
             captions += pipeline.caption(self.images[part], rgb=True,
                                          decoding=DecodingOptions(max_new_tokens=self.max_length))
         answers = []
-        for part in _chunks(len(self.questions), BATCH):
+        for part in batch_slices(len(self.questions), BATCH):
             rows = self.questions[part]
             answers += pipeline.ask([self.images[i] for i, _ in rows], [qa["question"] for _, qa in rows], rgb=True,
                                     decoding=DecodingOptions(max_new_tokens=ANSWER_MAX_TOKENS))
@@ -137,7 +133,7 @@ class VLMTaskEvaluator(TaskEvaluator):
         prompt = self.tokenizer.encode_prompt("caption") if "caption" in self.tokenizer.tasks else \
             np.asarray([max(self.tokenizer.config.bos_id, 0)], dtype=np.int64)
         captions = []
-        for part in _chunks(len(self.images), BATCH):
+        for part in batch_slices(len(self.images), BATCH):
             rows = np.arange(part.start, part.stop)
             captions += decode(rows, np.tile(prompt, (len(rows), 1)), self.max_length - len(prompt))
         prompts = [self.tokenizer.encode_prompt("ask", max_new_tokens=ANSWER_MAX_TOKENS, question=qa["question"])
@@ -147,7 +143,7 @@ class VLMTaskEvaluator(TaskEvaluator):
         for j, p in enumerate(prompts):
             by_length.setdefault(len(p), []).append(j)
         for members in by_length.values():
-            for part in _chunks(len(members), BATCH):
+            for part in batch_slices(len(members), BATCH):
                 chosen = members[part]
                 rows = np.asarray([self.questions[j][0] for j in chosen])
                 for j, tokens in zip(chosen, decode(rows, np.stack([prompts[j] for j in chosen]), ANSWER_MAX_TOKENS)):
