@@ -29,7 +29,7 @@ from tinymm.preprocess.audio import AudioPreprocessor, batch_features
 from tinymm.preprocess.config import AudioConfig
 from tinymm.preprocess.text import Tokenizer
 from train.models.speech import CTC_BLANK_ID, SUBSAMPLING_STRIDE, SpeechCTCModel
-from train.speech_tokenizer import LEXICON_FILE, TOKENIZER_FILE, read_lexicon
+from train.speech_tokenizer import GRAMMAR_FILE, LEXICON_FILE, TOKENIZER_FILE, read_grammar, read_lexicon
 
 __all__ = ["TOKENIZER_FILE", "contract_defaults", "prepare", "speech_graphs", "speech_model_info",
            "speech_random_cases", "speech_real_cases", "load_speech_samples"]
@@ -73,14 +73,22 @@ def speech_graphs(model: SpeechCTCModel) -> dict[str, ComponentGraph]:
     return {graph.name: graph}
 
 
-def speech_model_info(model: SpeechCTCModel, lexicon: Sequence[str] = ()) -> dict[str, Any]:
+def speech_model_info(model: SpeechCTCModel, lexicon: Sequence[str] = (), grammar: str | None = None) -> dict[str, Any]:
     """The manifest's ``model`` object for a speech bundle (keys in export/LAYOUT.md).
 
     ``lexicon``: the training transcripts' words; when given, the runtime snaps misspelt words of
-    a transcript to them (``model.lexicon``, tinymm/decoding/lexicon.py).
+    a transcript to them (``model.lexicon``, tinymm/decoding/lexicon.py). ``grammar``: the
+    built-in grammar the training sentences come from; when given, the runtime decodes with it
+    (``model.grammar``, tinymm/decoding/grammar.py).
     """
+    from tinymm.decoding.grammar import GRAMMAR_NAMES
+
+    require(grammar is None or grammar in GRAMMAR_NAMES,
+            f"grammar {grammar!r} is not one of the runtime's grammars {list(GRAMMAR_NAMES)}; fix or remove the "
+            f"recipe's {GRAMMAR_FILE} next to the tokenizer")
     cfg = model.config
     lexicon_entry = {"lexicon": list(lexicon)} if lexicon else {}  # in file order: most frequent first
+    grammar_entry = {"grammar": grammar} if grammar else {}
     return {
         "blank_id": CTC_BLANK_ID,
         "vocab_size": cfg.vocab_size,
@@ -89,6 +97,7 @@ def speech_model_info(model: SpeechCTCModel, lexicon: Sequence[str] = ()) -> dic
         "frame_ms": cfg.frame_ms,
         "max_frames": cfg.max_frames,
         **lexicon_entry,
+        **grammar_entry,
     }
 
 
@@ -195,6 +204,10 @@ def prepare(model: SpeechCTCModel, meta: Mapping[str, Any], tokenizer_path: Path
     lexicon = read_lexicon(lexicon_path) if lexicon_path.is_file() else ()
     if lexicon:
         sources = {**sources, "lexicon": str(lexicon_path)}
+    grammar_path = tokenizer_path.with_name(GRAMMAR_FILE)  # written by the recipe next to its tokenizer
+    grammar = read_grammar(grammar_path) if grammar_path.is_file() else None
+    if grammar:
+        sources = {**sources, "grammar": str(grammar_path)}
     graphs = speech_graphs(model)
     samples = load_speech_samples(options.golden_batch, audio, cfg.max_frames, options.data_dir, options.seed)
     rng = np.random.default_rng(options.seed)
@@ -207,7 +220,7 @@ def prepare(model: SpeechCTCModel, meta: Mapping[str, Any], tokenizer_path: Path
 
     return Prepared(
         family=FAMILY, tasks=TASKS, model=model, graphs=graphs, preprocess=Preprocess(audio=audio, text=text),
-        tokenizer_path=tokenizer_path, model_info=speech_model_info(model, lexicon),
+        tokenizer_path=tokenizer_path, model_info=speech_model_info(model, lexicon, grammar),
         real_cases=speech_real_cases(samples),
         random_cases=by_component([speech_random_cases(graphs, rng, b, f) for b, f in RANDOM_SIZES]),
         calibration=calibration, greedy=None, sources={**sources, "real_inputs": samples.source},

@@ -39,7 +39,7 @@ def task_lines(task_eval: Mapping[str, Any], files: Mapping[str, Mapping[str, Pa
     direction = "higher" if task_eval["higher_is_better"] else "lower"
     lines += [
         f"Measured at export time on {task_eval['description']}, with the runtime's pipelines (its "
-        "preprocessing, greedy decoding, onnxruntime CPU); a precision loads that variant where a component "
+        "preprocessing and default decoding, onnxruntime CPU); a precision loads that variant where a component "
         f"has it and fp32 elsewhere. Points (percent); the gate's metric is `{task_eval['metric']}` "
         f"({direction} is better).", "",
         "| precision | components in that precision | " + " | ".join(h for _, h in columns) + " | bytes loaded |",

@@ -2,13 +2,14 @@
 
 The definitions are train/metrics_speech.py's (``score_transcripts``), in points:
 
-- ``wer`` (the gate's metric, lower is better): corpus word error rate of the greedy CTC
+- ``wer`` (the gate's metric, lower is better): corpus word error rate of the runtime's
   transcripts against the references, both normalised by ``tinymm.intent.normalize_transcript``;
 - ``cer``: the same over characters; ``sentence_accuracy``: transcripts exactly right;
 - ``intent_accuracy``: the runtime's ``IntentParser`` reads the transcript as the clip's intent.
 
 The runtime side runs ``SpeechPipeline.transcribe`` (its preprocessing, onnxruntime, CTC best
-path, detokenization, lexicon correction when the bundle has a lexicon) on the clips; the torch
+path, detokenization, lexicon correction when the bundle has a lexicon, grammar decoding when it
+has a grammar: the decoding the bundle will use by default) on the clips; the torch
 side runs the same pipeline with the torch model in place of the onnxruntime session
 (``TorchSession``), so only the model's arithmetic differs.
 """

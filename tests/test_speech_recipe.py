@@ -119,3 +119,34 @@ def test_lexicon_file_round_trips_the_training_words(tmp_path) -> None:
     assert read_lexicon(tmp_path / "tok" / "lexicon.txt") == words
     with pytest.raises(ValueError, match="no words"):
         write_lexicon(["", "  "], tmp_path / "empty.txt")
+
+
+def test_grammar_marker_next_to_the_tokenizer_reaches_the_manifest(tmp_path) -> None:
+    from pathlib import Path
+
+    from export.onnx_speech import speech_model_info
+    from tinymm.decoding.grammar import ROBOT_COMMANDS
+    from tinymm.errors import InputError
+    from train.models.speech import SpeechConfig
+    from train.recipes.speech import grammar_decoder
+    from train.speech_tokenizer import GRAMMAR_FILE, read_grammar, write_grammar
+
+    with pytest.raises(ValueError, match="robot-commands"):
+        write_grammar("no-such-grammar", tmp_path / GRAMMAR_FILE)
+    # A vocabulary without every letter of the grammar: no grammar decoding, no marker.
+    small = tmp_path / "small" / "speech.model"
+    train_speech_tokenizer(TRANSCRIPTS, small, SpeechTokenizerConfig(model_type="char"))
+    assert grammar_decoder(small, load_speech_tokenizer(small)) is None
+    assert not small.with_name(GRAMMAR_FILE).exists()
+    # The committed student's characters spell it: the recipe records the grammar for the export.
+    full = tmp_path / "full" / "speech.model"
+    full.parent.mkdir()
+    full.write_bytes((Path(__file__).resolve().parents[1] / "train" / "students" / "speech" / "speech.model").read_bytes())
+    decoder = grammar_decoder(full, load_speech_tokenizer(full))
+    assert decoder is not None and read_grammar(full.with_name(GRAMMAR_FILE)) == ROBOT_COMMANDS
+
+    model = SpeechCTCModel(SpeechConfig.tiny())
+    assert speech_model_info(model, ("stop",), ROBOT_COMMANDS)["grammar"] == ROBOT_COMMANDS
+    assert "grammar" not in speech_model_info(model, ("stop",))
+    with pytest.raises(InputError, match="robot-commands"):
+        speech_model_info(model, (), "robot_commands")

@@ -13,6 +13,8 @@ followed by a suffix ("please"). The training data generator (``train/data/speec
 renders utterances from this same table, so what the models hear is exactly what the parser
 accepts. The first phrasing of a frame is its canonical form: a question's ``question`` text is
 the canonical phrasing with its slots filled, the text the vision-language model is asked.
+``grammar_templates`` spells the table out, slots filled, for a speech decoder constrained to
+the grammar (tinymm/decoding/grammar.py).
 
 Small speech-recognition slips are tolerated where it is cheap: a slot word is matched against
 its closed vocabulary with ``difflib`` ("read" -> red, "sqare" -> square), a literal word of four
@@ -333,18 +335,27 @@ def _intent_slots(intent: Intent) -> set[str]:
     return slots
 
 
+def _distance_words(meters: int) -> str:
+    """3 -> "three meters", 1 -> "one meter"."""
+    return f"{NUMBER_WORDS[meters - 1]} {DISTANCE_UNITS[meters != 1]}"
+
+
+def _with_articles(words: list[str]) -> str:
+    """The words joined, "a" before a vowel color made "an": "a orange star" -> "an orange star"
+    (a color is the only slot word that starts with a vowel)."""
+    return " ".join(
+        "an" if word == "a" and i + 1 < len(words) and words[i + 1] in COLORS and words[i + 1][0] in "aeiou" else word
+        for i, word in enumerate(words)
+    )
+
+
 def _fill(phrase: str, intent: Intent) -> str:
     values = {"color": intent.color, "shape": intent.shape}
     if intent.shape is not None:
         values["shapes"] = SHAPE_PLURALS[intent.shape]
     if intent.distance_m is not None:
-        values["distance"] = f"{NUMBER_WORDS[intent.distance_m - 1]} {DISTANCE_UNITS[intent.distance_m != 1]}"
-    words = _SLOT_PATTERN.sub(lambda m: str(values[m.group(1)]), phrase).split()
-    # "a orange star" -> "an orange star" (a color is the only slot word that starts with a vowel)
-    return " ".join(
-        "an" if word == "a" and i + 1 < len(words) and words[i + 1] in COLORS and words[i + 1][0] in "aeiou" else word
-        for i, word in enumerate(words)
-    )
+        values["distance"] = _distance_words(intent.distance_m)
+    return _with_articles(_SLOT_PATTERN.sub(lambda m: str(values[m.group(1)]), phrase).split())
 
 
 def phrasings(intent: Intent) -> tuple[str, ...]:
@@ -358,6 +369,51 @@ def affixes(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     if kind == "question":
         return QUESTION_PREFIXES, QUESTION_SUFFIXES
     return COMMAND_PREFIXES, COMMAND_SUFFIXES
+
+
+def slot_fillers() -> dict[str, tuple[str, ...]]:
+    """The words each phrase slot may be filled with: {"color": ("red", ...), "distance": ("one meter", ...)}."""
+    return {
+        "color": COLORS,
+        "shape": SHAPES,
+        "shapes": tuple(SHAPE_PLURALS[shape] for shape in SHAPES),
+        "distance": tuple(_distance_words(m) for m in range(MIN_DISTANCE_M, MAX_DISTANCE_M + 1)),
+    }
+
+
+class GrammarTemplate(NamedTuple):
+    """One phrasing of ``PHRASES`` with its slots spelled out, for decoders constrained to the grammar.
+
+    The sentences of the template are one alternative of each segment, in order, joined by
+    spaces: ``(("pick up the",), ("red", "green", ...), ("circle", ...))``. An article and the
+    color slot after it form one segment (``("a red", ..., "an orange")``), as ``phrasings`` says them.
+    """
+
+    kind: str  # "command" or "question": ``affixes(kind)`` may surround it
+    segments: tuple[tuple[str, ...], ...]  # alternatives of each position, each one or more words
+
+
+def grammar_templates() -> tuple[GrammarTemplate, ...]:
+    """Every phrasing of ``PHRASES``, in table order, as a GrammarTemplate.
+
+    With the optional prefix and suffix of ``affixes(template.kind)``, they say every sentence
+    of ``all_transcripts`` (train/data/speech_grammar.py) and a few more ("please stop please").
+    """
+    fillers = slot_fillers()
+    templates = []
+    for (action, _), phrases in PHRASES.items():
+        for phrase in phrases:
+            segments: list[tuple[str, ...]] = []
+            for token in phrase.split():
+                slot = _SLOT_PATTERN.fullmatch(token)
+                if slot is None:
+                    segments.append((token,))
+                elif segments and segments[-1] == ("a",):  # the article agrees with the word after it
+                    segments[-1] = tuple(_with_articles(["a", word]) for word in fillers[slot.group(1)])
+                else:
+                    segments.append(fillers[slot.group(1)])
+            templates.append(GrammarTemplate("question" if action == "question" else "command", tuple(segments)))
+    return tuple(templates)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ MODEL_TYPES = ("unigram", "bpe", "char")
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = CTC_BLANK_ID, 1, 2, 3
 TOKENIZER_FILE = "speech.model"  # the file name a bundle's TextConfig refers to
 LEXICON_FILE = "lexicon.txt"  # the training transcripts' words, one per line, next to the tokenizer
+GRAMMAR_FILE = "grammar.txt"  # the name of the built-in grammar the transcripts come from, next to the tokenizer
 CONTEXT_LENGTH_TOKENS = 256  # longest transcript in tokens the config declares (30 s of speech at most)
 
 
@@ -118,3 +119,23 @@ def write_lexicon(transcripts: Iterable[str], out_path: str | Path) -> tuple[str
 def read_lexicon(path: str | Path) -> tuple[str, ...]:
     """The words of a lexicon file written by ``write_lexicon``."""
     return tuple(w for w in Path(path).read_text(encoding="utf-8").split() if w)
+
+
+def write_grammar(name: str, out_path: str | Path) -> None:
+    """Record that the training transcripts are sentences of the built-in grammar ``name``.
+
+    The export puts it in the bundle's ``model.grammar``, and the runtime decodes with that
+    grammar (tinymm/decoding/grammar.py).
+    """
+    from tinymm.decoding.grammar import GRAMMAR_NAMES
+
+    if name not in GRAMMAR_NAMES:
+        raise ValueError(f"grammar {name!r} is not one of the runtime's grammars {list(GRAMMAR_NAMES)}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(name + "\n", encoding="utf-8")
+
+
+def read_grammar(path: str | Path) -> str:
+    """The grammar name of a file written by ``write_grammar`` (not checked: the export checks it)."""
+    return Path(path).read_text(encoding="utf-8").strip()

@@ -34,6 +34,7 @@ from tinymm.preprocess.text import Tokenizer
 from train.data.scene_dataset import SceneDataset
 from train.data.scene_language import all_labels
 from train.data.scene_world import COLORS, SHAPES, SIGN_TEXTS, SIZES
+from train.vlm_grounding import caption_targets, object_cells, question_objects
 
 IGNORE_INDEX = -100  # label value the losses skip (prompt positions, padding, non-applicable attributes)
 TASKS = ("caption", "vqa")
@@ -119,7 +120,7 @@ class VLMSceneDataset(Dataset):
     Each example is a dict of numpy arrays: ``pixel_values`` (3, S, S) float32, ``input_ids`` (T,)
     int64, ``labels`` (T,) int64, ``task`` int (index in TASKS), ``label_targets`` (L,) float32
     multi-hot over ``all_labels()``, ``label_index`` int (one of the scene's labels, drawn),
-    ``aux`` (A, G, G) int64.
+    ``aux`` (A, G, G) int64, ``ground`` (T, G*G) float32 (the cells each position's target is about).
     """
 
     def __init__(self, scenes: SceneDataset, tokenizer: Tokenizer, image_size: int, patch_size: int,
@@ -139,6 +140,7 @@ class VLMSceneDataset(Dataset):
         self._label_index = {label: i for i, label in enumerate(self.labels)}
         self.object_counts = np.array([len(a["objects"]) for a in scenes.annotations], dtype=np.int64)  # (N,)
         self.prompt_ids = {"caption": tokenizer.encode_prompt("caption")}
+        self.grid_cells = (image_size // patch_size) ** 2
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -158,9 +160,12 @@ class VLMSceneDataset(Dataset):
             out[self._label_index[label]] = 1.0
         return out
 
-    def text_example(self, annotation: Mapping[str, Any], index: int, rng: np.random.Generator) -> tuple[int, np.ndarray, list[int]]:
-        """(task index, prompt ids (P,), target ids) of one task drawn from the scene."""
+    def text_example(self, annotation: Mapping[str, Any], index: int,
+                     rng: np.random.Generator) -> tuple[int, np.ndarray, list[int], np.ndarray]:
+        """(task index, prompt ids (P,), target ids (K,), grounding rows (K, G*G)) of one task drawn
+        from the scene; row k holds the cells of the objects target token k is about (vlm_grounding)."""
         task = TASKS[int(rng.choice(len(TASKS), p=self.mix.probabilities))]
+        cells = object_cells(annotation, self.image_size, self.patch_size)  # (n_objects,) flat cell per object
         pseudo = self.pseudo_captions.get(index)
         if task == "vqa" and not annotation["qa"]:
             task = "caption"
@@ -173,11 +178,14 @@ class VLMSceneDataset(Dataset):
                 text = pseudo[int(rng.integers(len(pseudo)))]
             else:
                 text = annotation["captions"][int(rng.integers(len(annotation["captions"])))]["text"]
-            return TASKS.index("caption"), self.prompt_ids["caption"], self.tokenizer.encode(text)
+            rows = caption_targets(annotation, text, self.tokenizer, cells, self.grid_cells)
+            return TASKS.index("caption"), self.prompt_ids["caption"], self.tokenizer.encode(text), rows
         qa = self._draw_question(annotation["qa"], rng)
-        prompt = self.tokenizer.encode_prompt("ask", max_new_tokens=len(self.tokenizer.encode(qa["answer"])) + 1,
-                                              question=qa["question"])
-        return TASKS.index("vqa"), prompt, self.tokenizer.encode(qa["answer"])
+        answer = self.tokenizer.encode(qa["answer"])
+        prompt = self.tokenizer.encode_prompt("ask", max_new_tokens=len(answer) + 1, question=qa["question"])
+        rows = np.zeros((len(answer), self.grid_cells), dtype=np.float32)
+        rows[:, cells[question_objects(annotation, qa)]] = 1.0
+        return TASKS.index("vqa"), prompt, answer, rows
 
     def _draw_question(self, qa: Sequence[Mapping[str, str]], rng: np.random.Generator) -> Mapping[str, str]:
         """One of the scene's questions. The generator asks many more "exist" and "how many" questions
@@ -195,20 +203,25 @@ class VLMSceneDataset(Dataset):
         ``input_ids`` and ``labels`` are then lists of `texts` (T_k,) arrays, ``task`` a list of ints.
         """
         image, annotation = self.scenes[index]
-        ids, labels, tasks = [], [], []
+        ids, labels, tasks, grounds = [], [], [], []
         for _ in range(texts):
-            task, prompt, target = self.text_example(annotation, index, rng)
+            task, prompt, target, rows = self.text_example(annotation, index, rng)
             room = self.tokenizer.config.context_length - len(prompt)  # target + eos must fit after the prompt
-            x, y = teacher_forcing(prompt, target[: max(room - 1, 0)], self.tokenizer.config.eos_id)
+            kept = max(room - 1, 0)
+            x, y = teacher_forcing(prompt, target[:kept], self.tokenizer.config.eos_id)
+            ground = np.zeros((len(x), self.grid_cells), dtype=np.float32)  # position p predicts y[p]
+            ground[len(prompt) - 1: len(prompt) - 1 + len(rows[:kept])] = rows[:kept]
             ids.append(x)
             labels.append(y)
             tasks.append(task)
+            grounds.append(ground)
         label_targets = self.label_targets(annotation)
         return {
             "pixel_values": self.preprocessor(image, rgb=True)[0],
             "input_ids": ids if texts > 1 else ids[0],
             "labels": labels if texts > 1 else labels[0],
             "task": tasks if texts > 1 else tasks[0],
+            "ground": grounds if texts > 1 else grounds[0],
             "label_targets": label_targets,
             "label_index": int(rng.choice(np.flatnonzero(label_targets))),
             "aux": aux_targets(annotation, self.image_size, self.patch_size),
@@ -221,7 +234,8 @@ def collate(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, tor
 
     Returns pixel_values (B, 3, S, S) float32, input_ids (N, T) int64, labels (N, T) int64,
     attention_mask (N, T) bool, image_index (N,) int64 (the image of each text), task (N,) int64,
-    label_targets (B, L) float32, label_index (B,) int64 (one label of each image), aux (B, A, G, G) int64.
+    label_targets (B, L) float32, label_index (B,) int64 (one label of each image), aux (B, A, G, G) int64,
+    ground (N, T, G*G) float32 (the cells each position's target token is about; vlm_grounding).
     """
     if not examples:
         raise InputError("collate got an empty batch")
@@ -229,21 +243,24 @@ def collate(examples: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, tor
     def listed(value: Any) -> list:
         return value if isinstance(value, list) else [value]
 
-    rows = [(b, x, y, t) for b, e in enumerate(examples)
-            for x, y, t in zip(listed(e["input_ids"]), listed(e["labels"]), listed(e["task"]))]
-    width = max(len(x) for _, x, _, _ in rows)
+    rows = [(b, x, y, t, gr) for b, e in enumerate(examples)
+            for x, y, t, gr in zip(listed(e["input_ids"]), listed(e["labels"]), listed(e["task"]),
+                                   listed(e["ground"]))]
+    width = max(len(x) for _, x, _, _, _ in rows)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
     labels = np.full((len(rows), width), IGNORE_INDEX, dtype=np.int64)
     mask = np.zeros((len(rows), width), dtype=bool)
-    for i, (_, x, y, _) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(x)], mask[i, : len(x)] = x, y, True
+    ground = np.zeros((len(rows), width, rows[0][4].shape[1]), dtype=np.float32)
+    for i, (_, x, y, _, gr) in enumerate(rows):
+        ids[i, : len(x)], labels[i, : len(x)], mask[i, : len(x)], ground[i, : len(x)] = x, y, True, gr
     return {
         "pixel_values": torch.from_numpy(np.stack([e["pixel_values"] for e in examples])),
         "input_ids": torch.from_numpy(ids),
         "labels": torch.from_numpy(labels),
         "attention_mask": torch.from_numpy(mask),
-        "image_index": torch.tensor([b for b, _, _, _ in rows], dtype=torch.long),
-        "task": torch.tensor([t for _, _, _, t in rows], dtype=torch.long),
+        "image_index": torch.tensor([b for b, _, _, _, _ in rows], dtype=torch.long),
+        "task": torch.tensor([t for _, _, _, t, _ in rows], dtype=torch.long),
+        "ground": torch.from_numpy(ground),
         "label_targets": torch.from_numpy(np.stack([e["label_targets"] for e in examples])),
         "label_index": torch.tensor([e["label_index"] for e in examples], dtype=torch.long),
         "aux": torch.from_numpy(np.stack([e["aux"] for e in examples])),

@@ -3,7 +3,8 @@
 One loop serves the teacher, the distilled student and the from-scratch student::
 
     batch -> model.forward_features -> task losses (LM cross-entropy on the target tokens,
-    CLIP loss over the whole label set, per-cell attribute cross-entropy)
+    CLIP loss over the whole label set, per-cell attribute cross-entropy, supervised
+    cross-attention to the objects a text is about: vlm_grounding)
           [+ with a teacher: logit KL at a temperature on the same prompts, hidden-state matching
              through learned projections, TinyCLIP affinity distillation]
     -> AdamW step, lr on a cosine over the stage's progress (time or steps, whichever is further)
@@ -33,6 +34,7 @@ from train.loop import CosineSchedule, DeviceSetup, MetricsLogger, TimeBudget, p
 from train.losses import affinity_distill_loss, hidden_match_loss, kd_logit_loss
 from train.models.vlm import VisionLanguageModel, VLMConfig
 from train.vlm_data import IGNORE_INDEX, NONE_CLASS_ID, VLMSceneDataset, collate, curriculum_pool, label_token_batch
+from train.vlm_grounding import collect_cross_queries, grounding_keys, grounding_loss, head_log_attention
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class LossWeights:
     hidden: float = 1.0  # MSE of projected student states to the teacher's (encoder tokens, last decoder block)
     affinity: float = 1.0  # TinyCLIP affinity mimicking of the image-label similarities
     affinity_temperature: float = 0.07  # CLIP temperature of the affinity distributions
+    ground: float = 1.0  # supervised cross-attention of one head per decoder block to the named objects' cells
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -164,10 +167,12 @@ class MultiTextOutput:
     image_embedding: torch.Tensor  # (B, embed_dim), L2-normalised
     decoder_last: torch.Tensor  # (N, T, dec_dim), the last decoder block's output
     aux_logits: tuple[torch.Tensor, ...]  # one (B, G, G, classes_i) per auxiliary attribute
+    ground_log_attention: torch.Tensor | None  # (N, L, T, N_img) of the grounding head per block, when asked
 
 
 def forward_multi_text(model: VisionLanguageModel, pixel_values: torch.Tensor, input_ids: torch.Tensor,
-                       image_index: torch.Tensor, attention_mask: torch.Tensor | None = None) -> MultiTextOutput:
+                       image_index: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                       with_grounding: bool = False) -> MultiTextOutput:
     """VisionLanguageModel.forward_features with several texts per image: the encoder runs once per
     image and each layer's cross-attention K/V are gathered per text.
 
@@ -176,9 +181,12 @@ def forward_multi_text(model: VisionLanguageModel, pixel_values: torch.Tensor, i
     LENGTH_BUCKETS groups of similar length, each trimmed to its longest text: short answers are not
     padded to the longest caption. Outputs at valid positions are the same as one padded pass (the
     decoder is causal); padded positions hold no meaningful values (the losses mask them).
+    with_grounding also returns the grounding head's log attention (vlm_grounding).
     """
     image_tokens, _ = model.image_encoder(pixel_values)  # (B, G*G, Ce)
-    image_kv = model.cross_kv(model.projector(image_tokens))  # per image: (B, nh, N_img, hs) each
+    image_embeds = model.projector(image_tokens)  # (B, N_img, Cd)
+    image_kv = model.cross_kv(image_embeds)  # per image: (B, nh, N_img, hs) each
+    keys = grounding_keys(model.decoder, image_embeds.detach()) if with_grounding else []  # (B, N_img, hs) each
     n, width = input_ids.shape
     if attention_mask is None:
         groups = [torch.arange(n, device=input_ids.device)]
@@ -186,17 +194,27 @@ def forward_multi_text(model: VisionLanguageModel, pixel_values: torch.Tensor, i
     else:
         lengths = attention_mask.sum(dim=1)  # (N,)
         groups = [g for g in torch.tensor_split(torch.argsort(lengths), LENGTH_BUCKETS) if len(g)]
-    logits, last = [], []
+    logits, last, attention = [], [], []
     for rows in groups:  # (n_g,) text indices
         length = int(lengths[rows].max())
         cross = tuple(kv[image_index[rows]] for kv in image_kv)  # (n_g, nh, N_img, hs)
-        group_logits, _, hidden = model.decoder(input_ids[rows, :length], cross)  # (n_g, length, V)
+        records, handles = collect_cross_queries(model.decoder) if with_grounding else ([], [])
+        try:
+            group_logits, _, hidden = model.decoder(input_ids[rows, :length], cross)  # (n_g, length, V)
+        finally:
+            for handle in handles:
+                handle.remove()
         logits.append(F.pad(group_logits, (0, 0, 0, width - length)))  # (n_g, T, V)
         last.append(F.pad(hidden[-1], (0, 0, 0, width - length)))  # (n_g, T, Cd)
+        if with_grounding:
+            group_keys = [k[image_index[rows]] for k in keys]
+            attention.append(F.pad(head_log_attention(records, group_keys, model.decoder),
+                                   (0, 0, 0, width - length)))  # (n_g, L, T, N_img)
     inverse = torch.argsort(torch.cat(groups))  # back to the batch's text order
     return MultiTextOutput(logits=torch.cat(logits)[inverse], image_tokens=image_tokens,
                            image_embedding=model._pool_image(image_tokens), decoder_last=torch.cat(last)[inverse],
-                           aux_logits=model.attribute_logits(image_tokens))
+                           aux_logits=model.attribute_logits(image_tokens),
+                           ground_log_attention=torch.cat(attention)[inverse] if with_grounding else None)
 
 
 def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], label_ids: torch.Tensor,
@@ -204,7 +222,7 @@ def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], l
                    projections: Projections | None = None) -> dict[str, torch.Tensor]:
     """Every loss term of one batch (see the module docstring and ``collate``) and their weighted ``total``."""
     out = forward_multi_text(model, batch["pixel_values"], batch["input_ids"], batch["image_index"],
-                             batch["attention_mask"])
+                             batch["attention_mask"], with_grounding=weights.ground > 0)
     labels = batch["labels"]
     lm = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE_INDEX)
     label_embedding = model.embed_text(label_ids, label_mask)  # (L, E)
@@ -213,6 +231,8 @@ def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], l
         "contrastive": clip_label_loss(model, out.image_embedding, label_embedding, batch["label_targets"]),
         "aux": aux_loss(out.aux_logits, batch["aux"], weights.aux_empty),
     }
+    if out.ground_log_attention is not None:
+        losses["ground"] = grounding_loss(out.ground_log_attention, batch["ground"], model.config.pixel_shuffle)
     if teacher is not None:
         with torch.no_grad():
             t_out = forward_multi_text(teacher, batch["pixel_values"], batch["input_ids"], batch["image_index"],

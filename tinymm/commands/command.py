@@ -4,8 +4,9 @@
 (``{"action": "move", "direction": "forward", "distance_m": 3}``), or ``intent: none`` when the
 words are outside the command grammar (still exit 0: the audio was understood, it is just not a
 command). ``--json`` prints ``{"ok": true, "bundle": ..., "input": ..., "transcript": ...,
-"intent": {...} | null, "confidence": ..., "duration_s": ..., "timings": {...}}``. Empty or
-unreadable audio exits 3; a missing bundle 4.
+"in_grammar": ..., "intent": {...} | null, "confidence": ..., "duration_s": ..., "timings":
+{...}}``. A bundle with a command grammar decodes with it; ``--no-grammar`` decodes freely (see
+``tinymm transcribe``). Empty or unreadable audio exits 3; a missing bundle 4.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import json
 import sys
 from typing import Any
 
+from tinymm.commands.transcribe import add_grammar_flag, apply_grammar_flag
+
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from tinymm.pipelines.loading import DEFAULT_SPEECH_BUNDLE, LoadOptions
@@ -23,6 +26,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "command", help="understand a spoken command", description="Transcribe a spoken command and parse its intent."
     )
     parser.add_argument("clip", metavar="CLIP", help="WAV file, or - for WAV bytes on stdin")
+    add_grammar_flag(parser)
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_SPEECH_BUNDLE)
     return parser
 
@@ -31,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from tinymm.pipelines.loading import LoadOptions, load_with
 
     speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
+    apply_grammar_flag(speech, args)
     result = speech.command(sys.stdin.buffer.read() if args.clip == "-" else args.clip)
     if args.json:
         payload = {"ok": True, "bundle": speech.name, "input": args.clip, **result.to_dict()}

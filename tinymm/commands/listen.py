@@ -9,10 +9,11 @@ An energy voice activity detector with hangover cuts the stream into utterances 
 ``--threshold-db``, ``--hangover-ms``, ``--max-utterance-s``); each one is transcribed and, with
 ``--task command`` (the default), parsed into an intent. Prints one line per utterance:
 ``[1.20-2.35 s] go forward three meters -> {"action": "move", ...}``; ``--json`` prints one JSON
-object per line (JSON Lines): ``{"start_s", "end_s", "transcript", "intent", "confidence",
-"duration_s", "timings"}`` (``--task transcribe``: ``text`` instead of transcript and intent; an
-utterance the model cannot take gives ``{"start_s", "end_s", "error"}``). Unreadable or empty
-audio exits 3, a missing bundle 4.
+object per line (JSON Lines): ``{"start_s", "end_s", "transcript", "in_grammar", "intent",
+"confidence", "duration_s", "timings"}`` (``--task transcribe``: ``text`` instead of transcript
+and intent; an utterance the model cannot take gives ``{"start_s", "end_s", "error"}``). A
+bundle with a command grammar decodes with it; ``--no-grammar`` decodes freely (see ``tinymm
+transcribe``). Unreadable or empty audio exits 3, a missing bundle 4.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import argparse
 import json
 import sys
 from typing import Any
+
+from tinymm.commands.transcribe import add_grammar_flag, apply_grammar_flag
 
 TASKS = ("command", "transcribe")
 SAMPLE_FORMATS = ("s16le", "f32le")
@@ -53,6 +56,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     vad.add_argument("--threshold-db", type=_number, help="energy a speech frame exceeds, dBFS (-45)")
     vad.add_argument("--hangover-ms", type=_number, help="silence that ends an utterance (300)")
     vad.add_argument("--max-utterance-s", type=_number, help="longer utterances are cut (10)")
+    add_grammar_flag(parser)
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_SPEECH_BUNDLE)
     return parser
 
@@ -70,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.source != "-" and args.rate is not None:
         raise InputError("--rate describes raw PCM on stdin (SOURCE -); a WAV file carries its own rate")
     speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
+    apply_grammar_flag(speech, args)
     if args.source == "-":
         rate = args.rate or speech.sample_rate
         chunks = pcm_chunks(sys.stdin.buffer, rate, args.sample_format)

@@ -9,7 +9,9 @@ Split as whisper splits its decoder, so that a pipeline assembles the pieces it 
   dict of arrays, or OrtValues kept on the device) and ``RecomputeInference`` (no cache);
 - ``search``: ``greedy_search``, ``beam_search`` and ``generate``, which picks between them;
 - ``ctc``: ``ctc_greedy_decode`` for the speech encoder;
-- ``lexicon``: ``Lexicon``, which snaps a CTC transcript's misspelt words to the bundle's words.
+- ``lexicon``: ``Lexicon``, which snaps a CTC transcript's misspelt words to the bundle's words;
+- ``grammar``: ``GrammarDecoder``, CTC Viterbi decoding constrained to a command grammar
+  (``GrammarGraph``), with a fallback to the free transcript for speech outside it.
 
 Names are imported from their module on first use (PEP 562), so that ``tinymm.decoding.options``
 (the CLI flags of DecodingOptions) can be imported without numpy.
@@ -25,6 +27,9 @@ _EXPORTS = {
     "CTCHypothesis": "ctc",
     "ctc_greedy_decode": "ctc",
     "Lexicon": "lexicon",
+    "GrammarDecoder": "grammar",
+    "GrammarGraph": "grammar",
+    "GrammarHypothesis": "grammar",
     "edit_distance": "lexicon",
     "NoRepeatNGram": "filters",
     "RepetitionPenalty": "filters",
@@ -48,6 +53,7 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from tinymm.decoding.ctc import CTCHypothesis, ctc_greedy_decode
+    from tinymm.decoding.grammar import GrammarDecoder, GrammarGraph, GrammarHypothesis
     from tinymm.decoding.lexicon import Lexicon, edit_distance
     from tinymm.decoding.filters import (
         NoRepeatNGram,
@@ -78,6 +84,9 @@ __all__ = [
     "CTCHypothesis",
     "DecodingOptions",
     "Generation",
+    "GrammarDecoder",
+    "GrammarGraph",
+    "GrammarHypothesis",
     "Hypothesis",
     "Inference",
     "KVCacheInference",

@@ -167,16 +167,19 @@ class TranscriptResult:
     """The transcript of one audio clip."""
 
     text: str
-    token_ids: tuple[int, ...]  # CTC labels after merging repeats and removing blanks
-    confidence: float  # geometric mean over frames of the best label's probability, in (0, 1]
+    token_ids: tuple[int, ...]  # labels of the text: the best path's (repeats merged, no blanks) or the grammar's
+    confidence: float  # geometric mean over frames of the decoded path's label probability, in (0, 1]
     duration_s: float  # clip length at the model's sample rate
     timings: Timings = field(default_factory=Timings)
-    raw_text: str | None = None  # the decoded text before lexicon correction (None: same as text)
+    raw_text: str | None = None  # the best path's spelling, before lexicon and grammar (None: same as text)
+    in_grammar: bool | None = None  # True: the grammar's sentence; False: speech outside it, the free
+    # transcript; None: no grammar decoding (the bundle has none, or use_grammar is off)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "raw_text": self.text if self.raw_text is None else self.raw_text,
+            "in_grammar": self.in_grammar,
             "token_ids": list(self.token_ids),
             "confidence": _score(self.confidence),
             "duration_s": round(self.duration_s, MS_DECIMALS),
@@ -198,6 +201,7 @@ class CommandResult:
     def to_dict(self) -> dict[str, Any]:
         return {
             "transcript": self.transcript.text,
+            "in_grammar": self.transcript.in_grammar,
             "intent": None if self.intent is None else self.intent.to_dict(),
             "confidence": _score(self.transcript.confidence),
             "duration_s": round(self.transcript.duration_s, MS_DECIMALS),

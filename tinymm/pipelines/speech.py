@@ -5,11 +5,14 @@ Data path (``_transcribe`` holds it end to end)::
     audio (path, WAV bytes or (samples,) array) -> mono at the model's rate -> log-mel
           (N, n_mels, frames) float32 + frame counts (N,) int64        [AudioPreprocessor]
     -> speech_encoder -> log_probs (N, out_frames, V), output_lengths (N,)
-    -> CTC best path (repeats merged, blanks dropped) -> Tokenizer.decode -> transcript
+    -> CTC best path (repeats merged, blanks dropped) -> Tokenizer.decode -> lexicon correction
+       = the free transcript
+    -> grammar decoding (bundles with ``model.grammar``): the best sentence of the grammar,
+       unless it fits the audio much worse than the free transcript (speech outside the grammar)
     -> (command) IntentParser -> Intent or None
 
-The component follows export/LAYOUT.md; the CTC blank id and the longest input the encoder
-takes (``max_frames``) come from the manifest's ``model`` object.
+The component follows export/LAYOUT.md; the CTC blank id, the longest input the encoder takes
+(``max_frames``), the lexicon and the grammar come from the manifest's ``model`` object.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 
 from tinymm.backends.base import Session
 from tinymm.decoding import ctc_greedy_decode
+from tinymm.decoding.grammar import GrammarDecoder, check_grammar_name
 from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
 from tinymm.intent import IntentParser
@@ -42,6 +46,7 @@ class SpeechSettings:
     blank_id: int  # the CTC blank label
     max_frames: int | None  # most feature frames the encoder takes; None: no limit
     lexicon: Lexicon | None = None  # the words the model was trained on (model.lexicon); None: no correction
+    grammar: str | None = None  # the built-in grammar the model was trained on (model.grammar); None: free decoding
 
     @classmethod
     def from_model_info(cls, info: Mapping[str, Any], tokenizer: Tokenizer) -> SpeechSettings:
@@ -54,7 +59,8 @@ class SpeechSettings:
         max_frames = info.get("max_frames")
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
             raise BundleError(f"manifest model.max_frames={max_frames!r} must be a positive integer")
-        return cls(blank_id=blank, max_frames=max_frames, lexicon=Lexicon.from_model_info(info.get("lexicon")))
+        return cls(blank_id=blank, max_frames=max_frames, lexicon=Lexicon.from_model_info(info.get("lexicon")),
+                   grammar=check_grammar_name(info.get("grammar")))
 
 
 class SpeechPipeline:
@@ -76,11 +82,17 @@ class SpeechPipeline:
         intent_parser: IntentParser | None = None,
         name: str = "speech",
         use_lexicon: bool = True,
+        use_grammar: bool = True,
     ) -> None:
         self.encoder, self.preprocessor, self.tokenizer, self.name = encoder, preprocessor, tokenizer, name
         self.settings = SpeechSettings.from_model_info(model_info or {}, tokenizer)
         # Snap misspelt words to the bundle's lexicon (when it has one); False keeps the raw spelling.
         self.use_lexicon = use_lexicon
+        # Decode with the bundle's grammar (when it has one); False keeps the free transcript.
+        self.use_grammar = use_grammar
+        grammar = self.settings.grammar
+        self.grammar_decoder = None if grammar is None else \
+            GrammarDecoder.from_tokenizer(grammar, tokenizer, self.settings.blank_id)  # built once: 30-80 ms
         self.intent_parser = intent_parser if intent_parser is not None else IntentParser()
         self.bundle: Bundle | None = None  # set by from_bundle; keeps an extracted archive alive
 
@@ -139,7 +151,7 @@ class SpeechPipeline:
         return [audio], True
 
     def _transcribe(self, clips: list[Any], sample_rate: int | None) -> list[TranscriptResult]:
-        """The data path: load and log-mel, encode, CTC best path, detokenize."""
+        """The data path: load and log-mel, encode, CTC best path, detokenize, lexicon, grammar."""
         timer = StageTimer()
         waves = []
         for i, clip in enumerate(clips):
@@ -154,16 +166,32 @@ class SpeechPipeline:
         timer.lap("preprocess")
         out = self.encoder.run({"features": features.astype(np.float32, copy=False), "feature_lengths": lengths})
         timer.lap("encode")
-        hyps = ctc_greedy_decode(out["log_probs"], out["output_lengths"], self.settings.blank_id)
+        log_probs, out_lengths = out["log_probs"], out["output_lengths"]  # (N, out_frames, V), (N,)
+        hyps = ctc_greedy_decode(log_probs, out_lengths, self.settings.blank_id)
         raw = [self.tokenizer.decode(list(h.tokens)) for h in hyps]
         lexicon = self.settings.lexicon if self.use_lexicon else None
-        texts = [lexicon.correct(text) for text in raw] if lexicon is not None else raw
+        free = [lexicon.correct(text) for text in raw] if lexicon is not None else raw
+        decoded = [(text, h.tokens, h.confidence, None) for text, h in zip(free, hyps)]
+        grammar = self.grammar_decoder if self.use_grammar else None
+        if grammar is not None:
+            decoded = [self._in_grammar(grammar, log_probs[i, : hyps[i].num_frames], *decoded[i][:3])
+                       for i in range(len(hyps))]
         timer.lap("postprocess")
         timings = timer.timings(len(clips))
         return [
-            TranscriptResult(text, h.tokens, h.confidence, len(w) / self.sample_rate, timings, raw_text=raw_text)
-            for text, raw_text, h, w in zip(texts, raw, hyps, waves)
+            TranscriptResult(text, tokens, confidence, len(w) / self.sample_rate, timings, raw_text=raw_text,
+                             in_grammar=in_grammar)
+            for (text, tokens, confidence, in_grammar), raw_text, w in zip(decoded, raw, waves)
         ]
+
+    def _in_grammar(self, grammar: GrammarDecoder, log_probs: np.ndarray, free_text: str, free_tokens: tuple[int, ...],
+                    free_confidence: float) -> tuple[str, tuple[int, ...], float, bool]:
+        """(text, token ids, confidence, in_grammar) of one clip's (frames, V) log-probs: the grammar's
+        best sentence, or the free transcript when the speech is outside the grammar."""
+        best = grammar.decode(log_probs)
+        if not best.in_grammar:
+            return free_text, free_tokens, free_confidence, False
+        return self.tokenizer.decode(list(best.tokens)), best.tokens, best.confidence, True
 
     def _check_length(self, frames: int) -> None:
         limit = self.settings.max_frames

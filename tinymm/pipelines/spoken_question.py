@@ -2,7 +2,8 @@
 
 Data path (``ask``)::
 
-    audio -> SpeechPipeline.command -> transcript + Intent
+    audio -> SpeechPipeline.command -> transcript + Intent (decoded with the speech bundle's
+             grammar when it has one, as ``tinymm command`` does)
           -> a question intent gives the canonical question ("what color is the star?"),
              the text the vision-language model was trained on
     image + question -> VisionLanguagePipeline.ask -> answer

@@ -382,6 +382,27 @@ def parse_caption_facts(text: str, strict: bool = False) -> frozenset:
     return frozenset(facts)
 
 
+def noun_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
+    """The noun phrases of a caption as (first word, end word, descriptor), indexing its whitespace
+    words ("a large red circle" in "a large red circle on the left" is (0, 4, desc)); counted
+    phrases ("two circles") give the descriptor of what they count."""
+    tokens, owner = [], []
+    for w, word in enumerate(text.split()):
+        found = _TOKEN_RE.findall(word.lower())
+        tokens += found
+        owner += [w] * len(found)
+    spans, i = [], 0
+    while i < len(tokens):
+        np_ = _parse_np(tokens, i)
+        if np_ is None:
+            i += 1
+            continue
+        desc, _, j = np_
+        spans.append((owner[i], owner[j - 1] + 1, desc))
+        i = j
+    return spans
+
+
 def facts_to_json(facts: Iterable[Fact]) -> list:
     """Facts as a JSON-ready list, in a stable order (tuples become lists)."""
     return sorted((json.loads(json.dumps(f)) for f in facts), key=json.dumps)
@@ -472,5 +493,5 @@ def scene_labels(scene: Scene) -> list[str]:
 __all__ = [
     "Caption", "QA", "QA_TYPES", "NUMBER_WORDS", "describe", "matches", "fact_holds",
     "false_facts", "noun_phrase", "count_phrase", "make_captions", "parse_caption_facts", "facts_to_json",
-    "facts_from_json", "make_qa", "object_label", "all_labels", "scene_labels",
+    "facts_from_json", "make_qa", "object_label", "all_labels", "scene_labels", "noun_phrase_spans",
 ]

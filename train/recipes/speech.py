@@ -14,8 +14,9 @@ Stages (each skips when its output exists, and a training stage resumes from its
                                             temperature + hidden-state matching through projections
 5. scratch   OUT/student_scratch/final      the same student, same init, data order and steps, CTC only
 6. evaluate  OUT/results.json, results.md   greedy CTC decoding on test (and val): WER, CER, intents,
-                                            raw and with the runtime's lexicon correction
-                                            (OUT/tokenizer/lexicon.txt: the training words)
+                                            raw, with the runtime's lexicon correction
+                                            (OUT/tokenizer/lexicon.txt: the training words) and with
+                                            the runtime's grammar decoding (OUT/tokenizer/grammar.txt)
 
 The training budget (``--budget-minutes``) is shared: the teacher gets TEACHER_SHARE of it and
 the distilled student STUDENT_SHARE; the scratch student runs the distilled student's step count
@@ -39,8 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinymm.decoding.grammar import ROBOT_COMMANDS, GrammarDecoder, GrammarHypothesis
 from tinymm.decoding.lexicon import Lexicon
-from tinymm.errors import InputError
+from tinymm.errors import BundleError, InputError
 from tinymm.intent import IntentParser, normalize_transcript
 from tinymm.preprocess.audio import AudioPreprocessor
 from tinymm.preprocess.config import AudioConfig
@@ -52,8 +54,8 @@ from train.losses import ctc_posterior_kd_loss, hidden_match_loss
 from train.metrics_speech import score_transcripts
 from train.models.layers import key_padding_mask, param_count
 from train.models.speech import CTC_BLANK_ID, SpeechConfig, SpeechCTCModel, SpeechOutput
-from train.speech_tokenizer import LEXICON_FILE, MODEL_TYPES, SpeechTokenizerConfig, load_speech_tokenizer, \
-    read_lexicon, train_speech_tokenizer, write_lexicon
+from train.speech_tokenizer import GRAMMAR_FILE, LEXICON_FILE, MODEL_TYPES, SpeechTokenizerConfig, \
+    load_speech_tokenizer, read_grammar, read_lexicon, train_speech_tokenizer, write_grammar, write_lexicon
 
 logger = logging.getLogger(__name__)
 
@@ -264,20 +266,30 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[i
 
 
 @torch.inference_mode()
-def transcribe(model: SpeechCTCModel, data: FeatureSet, tokenizer, limit: int | None = None, show: bool = False) -> list[str]:
-    """Greedy CTC transcripts (normalized) of the first ``limit`` clips of ``data``."""
+def decode(model: SpeechCTCModel, data: FeatureSet, tokenizer, limit: int | None = None, show: bool = False,
+           grammar: GrammarDecoder | None = None) -> tuple[list[str], list[GrammarHypothesis | None]]:
+    """Greedy CTC transcripts (normalized) of the first ``limit`` clips of ``data``, and each clip's
+    best sentence of ``grammar`` (the runtime's decoder; None without one)."""
     was_training = model.training
     model.eval()
     n = len(data) if limit is None else min(limit, len(data))
     order = np.argsort([f.shape[1] for f in data.features[:n]], kind="stable")
     texts: list[str] = [""] * n
+    best: list[GrammarHypothesis | None] = [None] * n
     for start in progress(range(0, n, EVAL_BATCH), enabled=show, desc="decode", leave=False):
         idx = order[start:start + EVAL_BATCH]
         log_probs, out_lengths = model(*collate(data, idx))
-        for i, ids in zip(idx, greedy_decode(log_probs, out_lengths)):
+        for row, (i, ids) in enumerate(zip(idx, greedy_decode(log_probs, out_lengths))):
             texts[i] = normalize_transcript(tokenizer.decode(ids))
+            if grammar is not None:
+                best[i] = grammar.decode(log_probs[row, : out_lengths[row]].numpy())
     model.train(was_training)
-    return texts
+    return texts, best
+
+
+def transcribe(model: SpeechCTCModel, data: FeatureSet, tokenizer, limit: int | None = None, show: bool = False) -> list[str]:
+    """Greedy CTC transcripts (normalized) of the first ``limit`` clips of ``data``."""
+    return decode(model, data, tokenizer, limit, show)[0]
 
 
 class Distiller:
@@ -403,9 +415,10 @@ def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, 
 
 
 def evaluate(finals: dict[str, Path], splits: dict[str, FeatureSet], tokenizer, show: bool,
-             lexicon: Lexicon | None = None) -> dict[str, Any]:
-    """Greedy-decode every split with every model; scores raw, and with ``lexicon`` correction as the
-    runtime applies it (under the key "lexicon")."""
+             lexicon: Lexicon | None = None, grammar: GrammarDecoder | None = None) -> dict[str, Any]:
+    """Greedy-decode every split with every model; scores raw, with ``lexicon`` correction (key
+    "lexicon") and with ``grammar`` decoding (key "grammar"), as the runtime applies them: the
+    grammar's sentence, or for clips outside it the free transcript (greedy, lexicon-corrected)."""
     parser = IntentParser()
     models: dict[str, Any] = {}
     for name, path in finals.items():
@@ -415,12 +428,17 @@ def evaluate(finals: dict[str, Path], splits: dict[str, FeatureSet], tokenizer, 
                  "first_loss": meta["extra"].get("first_loss"), "last_loss": meta["extra"].get("last_loss"),
                  "config": dataclasses.asdict(config)}
         for split, data in splits.items():
-            hyps = transcribe(model, data, tokenizer, show=show)
+            hyps, best = decode(model, data, tokenizer, show=show, grammar=grammar)
             entry[split] = score_transcripts(data.transcripts, hyps, data.intents, parser).to_dict()
             entry[split]["examples"] = [{"ref": r, "hyp": h} for r, h in zip(data.transcripts[:5], hyps[:5])]
+            free = [lexicon.correct(h) for h in hyps] if lexicon is not None else hyps
             if lexicon is not None:
-                corrected = [lexicon.correct(h) for h in hyps]
-                entry[split]["lexicon"] = score_transcripts(data.transcripts, corrected, data.intents, parser).to_dict()
+                entry[split]["lexicon"] = score_transcripts(data.transcripts, free, data.intents, parser).to_dict()
+            if grammar is not None:
+                said = [normalize_transcript(tokenizer.decode(list(b.tokens))) if b is not None and b.in_grammar else f
+                        for b, f in zip(best, free)]
+                entry[split]["grammar"] = score_transcripts(data.transcripts, said, data.intents, parser).to_dict()
+                entry[split]["grammar"]["in_grammar"] = sum(b is not None and b.in_grammar for b in best) / len(best)
         models[name] = entry
         logger.info("evaluated %s: test WER %.4f", name, entry["test"]["wer"])
     return models
@@ -433,13 +451,30 @@ def markdown_table(models: dict[str, Any], split: str = "test") -> str:
     lines = ["| model | parameters | steps | train min | decoding | WER | CER | sentence acc | intent acc (commands) "
              "| intent acc (questions) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
-        for decoding, s in (("greedy", m[split]), ("greedy + lexicon", m[split].get("lexicon"))):
+        for decoding, s in (("greedy", m[split]), ("greedy + lexicon", m[split].get("lexicon")),
+                            ("greedy + grammar", m[split].get("grammar"))):
             if s is None:
                 continue
             lines.append(f"| {name} | {m['parameters'] / 1e6:.2f}M | {m['steps']} | {m['train_minutes']} | {decoding} "
                          f"| {pct(s['wer'])} | {pct(s['cer'])} | {pct(s['sentence_accuracy'])} "
                          f"| {pct(s['command_intent_accuracy'])} | {pct(s['question_intent_accuracy'])} |")
     return "\n".join(lines)
+
+
+def grammar_decoder(tokenizer_path: Path, tokenizer) -> GrammarDecoder | None:
+    """The runtime's decoder of the clips' grammar (tinymm.intent's, which train.data.speech_grammar
+    speaks), recorded next to the tokenizer for the export (OUT/tokenizer/grammar.txt); None when the
+    tokenizer cannot spell the grammar (a tiny run's vocabulary may lack letters)."""
+    path = tokenizer_path.with_name(GRAMMAR_FILE)
+    if path.is_file():
+        return GrammarDecoder.from_tokenizer(read_grammar(path), tokenizer, CTC_BLANK_ID)
+    try:
+        decoder = GrammarDecoder.from_tokenizer(ROBOT_COMMANDS, tokenizer, CTC_BLANK_ID)
+    except BundleError as e:
+        logger.warning("no grammar decoding: %s", e)
+        return None
+    write_grammar(ROBOT_COMMANDS, path)
+    return decoder
 
 
 # ----------------------------------------------------------------------------------------------
@@ -498,6 +533,7 @@ def run(args: argparse.Namespace) -> int:
     if not lexicon_path.is_file():
         write_lexicon((item["transcript"] for item in SpeechDataset(data_dir, "train").items), lexicon_path)
     lexicon = Lexicon(read_lexicon(lexicon_path))
+    grammar = grammar_decoder(tokenizer_path, tokenizer)
     teacher_cfg, student_cfg = model_configs(args.preset, tokenizer.vocab_size, args.teacher_width, args.teacher_layers)
     audio = AudioConfig(n_mels=student_cfg.n_mels)
     splits = {split: load_features(data_dir, ensure_features(data_dir, out, split, audio, show), split, tokenizer)
@@ -526,7 +562,7 @@ def run(args: argparse.Namespace) -> int:
                                             cfg=stage_config(STUDENT_SHARE, kd_steps, student_seed), **common)
 
     logger.info("stage evaluate")
-    models = evaluate(finals, {"test": splits["test"], "val": splits["val"]}, tokenizer, show, lexicon)
+    models = evaluate(finals, {"test": splits["test"], "val": splits["val"]}, tokenizer, show, lexicon, grammar)
     results = {
         "models": models,
         "data": {split: len(data) for split, data in splits.items()},
