@@ -61,6 +61,7 @@ TASKS = ("caption", "ask", "classify", "transcribe")
 DEFAULT_RUNS, DEFAULT_WARMUP, DEFAULT_THREADS = 30, 3, 2
 COLD_START_REPEATS = 3
 PROFILE_TOP = 25  # functions listed per profile
+EXPORTERS = ("dynamo", "torchscript")  # python -m export --exporter
 ROOFLINE_DECODER_PAST = 24  # cached tokens of the decoder step in the roofline: mid-caption
 MS_PER_S, BYTES_PER_MB = 1000.0, 1e6
 VLM_TOKENIZER = ROOT / "runs" / "vlm" / "tokenizer" / "tokenizer.model"  # the default recipe's, when trained
@@ -88,12 +89,16 @@ class StudyOptions:
     plots: bool = True
     profile: bool = False  # cProfile the int8 caption and transcribe calls
     command: str = ""
+    # torch.onnx exporter of the bundles: dynamo, as scripts/make_default_bundles.py ships them
+    exporter: str = "dynamo"
 
     def __post_init__(self) -> None:
         for name, low in (("runs", 1), ("warmup", 0), ("threads", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name}={value!r} must be an integer >= {low}")
+        if self.exporter not in EXPORTERS:
+            raise ValueError(f"exporter={self.exporter!r} must be one of {list(EXPORTERS)}")
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
             raise ValueError(f"tasks={list(self.tasks)}: choose among {list(TASKS)}")
@@ -154,14 +159,12 @@ def _tokenizers(vlm_dir: Path, speech_dir: Path) -> None:
             train_speech_tokenizer(lines, speech_dir / "speech.model", SpeechTokenizerConfig())
 
 
-def export_bundle(checkpoint: Path, out: Path, precisions: str) -> str:
+def export_bundle(checkpoint: Path, out: Path, precisions: str, exporter: str) -> str:
     """``python -m export`` the checkpoint to ``out`` unless ``out`` already holds its export; the command."""
     from tinymm.bundle import read_bundle
 
-    # The exporter of the shipped default bundles (scripts/make_default_bundles.py), so that a
-    # checkpoint of a default student gives the bundle that ships.
     command = [sys.executable, "-m", "export", str(checkpoint), "--out", str(out), "--precision", precisions,
-               "--threads", "1", "--no-progress", "--force", "--exporter", "torchscript"]
+               "--threads", "1", "--no-progress", "--force", "--exporter", exporter]
     if (out / "manifest.json").is_file():
         with read_bundle(out, verify_checksums=False) as bundle:
             done = bundle.manifest.provenance.get("checkpoint", {}).get("sha256")
@@ -301,7 +304,8 @@ def prepare_bundles(options: StudyOptions, work: Path) -> dict[str, Any]:
     checkpoints = {"vlm": options.vlm_checkpoint or vlm, "speech": options.speech_checkpoint or speech}
     tensorrt = "tensorrt" in get_backend("onnxruntime").available_providers()
     precisions = "fp32,fp16,int8" if tensorrt else "fp32,int8"
-    exports = [export_bundle(path, work / "bundles" / name, precisions) for name, path in checkpoints.items()]
+    exports = [export_bundle(path, work / "bundles" / name, precisions, options.exporter)
+               for name, path in checkpoints.items()]
     weights = ", ".join(f"{name} {'fresh random' if new else 'from its checkpoint'}" for name, new in fresh.items())
     if any(fresh.values()):
         weights += (" (random weights run at the speed of trained ones, but never emit EOS: captions run the full "
@@ -481,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-cold-start", action="store_true", help="skip the cold start of tinymm caption")
     parser.add_argument("--no-plots", action="store_true", help="no PNGs (matplotlib is in the bench extra)")
     parser.add_argument("--profile", action="store_true", help="also cProfile the int8 caption and transcribe calls")
+    parser.add_argument("--exporter", choices=EXPORTERS, default=StudyOptions.exporter,
+                        help="torch.onnx exporter of the bundles (default dynamo, as the shipped bundles)")
     return parser
 
 
@@ -494,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         tasks = tuple(t for t in args.tasks.split(",") if t)
         options = StudyOptions(args.vlm_checkpoint, args.speech_checkpoint, args.runs, args.warmup, args.threads,
                                args.out, args.work, tasks, not args.no_cold_start, not args.no_plots, args.profile,
-                               command)
+                               command, args.exporter)
     except ValueError as e:
         build_parser().error(str(e))
     study = run_study(options)

@@ -47,6 +47,7 @@ DEFAULT_OPSET = 17  # the lowest that has it: the widest range of runtimes (ORT 
 DYNAMO_MIN_OPSET = 18  # the dynamo exporter writes 18 and cannot convert Split down to 17
 EXPORTERS = {"dynamo": DYNAMO_MIN_OPSET, "torchscript": DEFAULT_OPSET}  # exporter -> lowest opset it can write
 DEFAULT_EXPORTER = "dynamo"
+TORCH_ONNX_REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
 FORBIDDEN_OPS = ("If", "Loop", "Scan")  # control flow TensorRT engines cannot hold as a decoder step
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
                 "bool": torch.bool}
@@ -251,8 +252,20 @@ def _stamp_shape(value_info: Any, spec: TensorSpec) -> None:
             entry.dim_param = dim
 
 
+def strip_debug_metadata(model: Any) -> None:
+    """Drop the per-node and per-value ``metadata_props`` the dynamo exporter writes (stack traces, FX
+    node names, module paths) from an onnx.ModelProto, in place. No runtime reads them, and they are
+    not small: 0.5 MB of the 6.6 MB speech student, which would put the default bundles over their
+    size budget. Shapes, names and the model-level metadata stay."""
+    for node in model.graph.node:
+        del node.metadata_props[:]
+    for value in [*model.graph.value_info, *model.graph.input, *model.graph.output, *model.graph.initializer]:
+        del value.metadata_props[:]
+
+
 def finalize_model(model: Any, graph: ComponentGraph, options: ExportOptions) -> Any:
-    """Check an exported onnx.ModelProto against ``graph`` and stamp the specs' shapes on its I/O.
+    """Check an exported onnx.ModelProto against ``graph``, stamp the specs' shapes on its I/O and
+    strip the exporter's debug metadata (``strip_debug_metadata``).
 
     Raises ExportError for a wrong opset, a forbidden control-flow node, inputs/outputs that are
     not the specs', or an onnx.checker failure.
@@ -276,6 +289,7 @@ def finalize_model(model: Any, graph: ComponentGraph, options: ExportOptions) ->
                 "the input was probably unused and pruned: check the wrapper's forward"
             )
         _stamp_shape(by_name[spec.name], spec)
+    strip_debug_metadata(model)
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -299,6 +313,8 @@ def export_onnx(graph: ComponentGraph, path: str | Path, options: ExportOptions 
             # arithmetic that the dynamic axes cover; neither is actionable here.
             warnings.simplefilter("ignore")
             if options.exporter == "dynamo":
+                # It warns once per missing torchvision operator, which these models never use.
+                logging.getLogger(TORCH_ONNX_REGISTRATION_LOGGER).setLevel(logging.ERROR)
                 torch.onnx.export(graph.module, graph.example, str(path), input_names=graph.input_names,
                                   output_names=graph.output_names, dynamic_shapes=dynamic_shapes(graph),
                                   opset_version=options.opset, dynamo=True, verbose=False)

@@ -3,7 +3,7 @@
 Run on the machine that will use the engines (an engine only runs on the GPU model and TensorRT
 version that built it):
 
-    python -m export.tensorrt_build BUNDLE_DIR --cache-dir BUNDLE_DIR/.tinymm-cache/tensorrt --context 64
+    python -m export.tensorrt_build BUNDLE_DIR --cache-dir ~/.cache/tinymm/engines --context 64
 
 Each engine is keyed by GPU name + compute capability, TensorRT version, precision, optimization
 profile and ONNX sha256 (`tinymm.backends.engine_cache`); a cached engine with the same key is

@@ -56,9 +56,6 @@ GOLDEN_DIR = "golden"
 # One real input per golden pair: the VLM's decoder pairs carry every layer's cross-attention K/V,
 # so each input costs ~0.6 MB of the package's size budget; one still checks every component.
 GOLDEN_BATCH = 1
-# The TorchScript exporter: at the same parity its files are smaller than the dynamo exporter's
-# (both default bundles: 19.67 MB against 20.39 MB, over the 20 MB budget).
-EXPORTER = "torchscript"
 
 
 class BuildError(Exception):
@@ -105,8 +102,7 @@ def mb(size: int) -> str:
 def export(target: Target, out: Path, precisions: str, threads: int) -> None:
     """``python -m export`` of ``target`` into ``out`` (its progress bar goes to this stderr)."""
     command = [sys.executable, "-m", "export", str(target.checkpoint), "--out", str(out), "--name", target.name,
-               "--precision", precisions, "--threads", str(threads), "--golden-batch", str(GOLDEN_BATCH),
-               "--exporter", EXPORTER]
+               "--precision", precisions, "--threads", str(threads), "--golden-batch", str(GOLDEN_BATCH)]
     if target.data is not None:
         command += ["--data", str(target.data)]
     logger.info("exporting %s from %s: %s", target.name, target.checkpoint, " ".join(command[1:]))

@@ -48,6 +48,7 @@ def test_backend_options_defaults():
     assert options.graph_optimization == "all"
     assert options.io_binding == "auto"
     assert options.cache_dir is None
+    assert options.trt_profiles == ()
     assert (options.intra_op_threads, options.inter_op_threads, options.device_id) == (0, 0, 0)
     assert dict(options.session_options) == {}
 

@@ -132,6 +132,14 @@ def test_exported_graphs_have_no_control_flow_a_modern_opset_and_the_layout_name
     np.testing.assert_allclose(np.linalg.norm(embedding["text_embedding"], axis=1), 1.0, rtol=1e-5)
 
 
+def test_exported_files_carry_no_debug_metadata(speech) -> None:
+    """The dynamo exporter annotates every node with stack traces; export drops them (bundle size)."""
+    model = onnx.load(str(speech[3]))
+    values = [*model.graph.node, *model.graph.value_info, *model.graph.input, *model.graph.output,
+              *model.graph.initializer]
+    assert not any(len(v.metadata_props) for v in values)
+
+
 def test_speech_encoder_matches_torch_with_padding_and_dynamic_frames(speech) -> None:
     model, graphs, session, _ = speech
     graph = graphs["speech_encoder"]

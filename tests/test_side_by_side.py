@@ -48,7 +48,8 @@ def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, StudyOptions]
     threads = torch.get_num_threads()
     options = StudyOptions(vlm_checkpoint=root / "vlm" / "final", speech_checkpoint=root / "speech" / "final",
                            runs=2, warmup=1, threads=1, out=root / "results", work=root / "work",
-                           cold_start=False, plots=False, command="pytest side-by-side")
+                           cold_start=False, plots=False, command="pytest side-by-side",
+                           exporter="torchscript")  # the faster exporter: this test checks plumbing
     try:
         return run_study(options), options
     finally:
@@ -150,3 +151,8 @@ def test_feed_checker_fast_path_only_accepts_what_check_feeds_accepts() -> None:
         {**good, "extra": good["ids"]},  # unexpected
     ]
     assert not any(checker.fast_ok(feeds) for feeds in slow)
+
+
+def test_study_options_refuse_an_unknown_exporter() -> None:
+    with pytest.raises(ValueError, match="exporter='onnxscript'"):
+        StudyOptions(exporter="onnxscript")

@@ -14,19 +14,20 @@ import importlib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from tinymm.errors import BackendError, InputError
+
+if TYPE_CHECKING:
+    from tinymm.backends.engine_cache import InputProfile
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 GRAPH_OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
 IO_BINDING_MODES = ("auto", "on", "off")
 # Providers that keep tensors in GPU memory; IO binding defaults to on for them.
 GPU_PROVIDERS = ("cuda", "tensorrt")
-# Conventional name of the directory, chosen by the caller, that holds device-specific caches.
-DEFAULT_CACHE_DIRNAME = ".tinymm-cache"
 
 Dim = int | str | None  # a fixed size, a symbolic name ("batch"), or unknown
 
@@ -62,6 +63,46 @@ def _check_count(name: str, value: Any) -> None:
         raise ValueError(f"BackendOptions.{name}={value!r} must be an integer >= 0")
 
 
+def _check_profile_shape(where: str, shape: Any, rank: int) -> None:
+    if (
+        not isinstance(shape, tuple)
+        or len(shape) != rank
+        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in shape)
+    ):
+        raise ValueError(f"{where}={shape!r} must be a tuple of {rank} sizes >= 1 (one per dimension of the input)")
+
+
+def _check_trt_profiles(value: Any) -> tuple[InputProfile, ...]:
+    """BackendOptions.trt_profiles as a tuple; ValueError naming the first bad entry."""
+    # Imported here: engine_cache imports this module (for Dim).
+    from tinymm.backends.engine_cache import InputProfile
+
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ValueError(
+            f"BackendOptions.trt_profiles={value!r} must be a sequence of InputProfile "
+            "(tinymm.backends.engine_cache.compute_profiles makes them)"
+        )
+    names: set[str] = set()
+    for index, profile in enumerate(value):
+        where = f"BackendOptions.trt_profiles[{index}]"
+        if not isinstance(profile, InputProfile):
+            raise ValueError(f"{where}={profile!r} is not an InputProfile; make them with compute_profiles")
+        if not isinstance(profile.name, str) or not profile.name:
+            raise ValueError(f"{where}.name={profile.name!r} must be the model input's name")
+        if profile.name in names:
+            raise ValueError(f"{where}: input {profile.name!r} has two profiles; give one (min, opt, max) per input")
+        names.add(profile.name)
+        rank = len(profile.min) if isinstance(profile.min, tuple) and profile.min else 1
+        for part in ("min", "opt", "max"):
+            _check_profile_shape(f"{where}.{part} ({profile.name!r})", getattr(profile, part), rank)
+        if not all(low <= opt <= high for low, opt, high in zip(profile.min, profile.opt, profile.max)):
+            raise ValueError(
+                f"{where} ({profile.name!r}): min {profile.min}, opt {profile.opt}, max {profile.max} must satisfy "
+                "min <= opt <= max in every dimension"
+            )
+    return tuple(value)
+
+
 @dataclass(frozen=True)
 class BackendOptions:
     """How a backend loads and runs a model. Checked once here; every bad value is a ValueError."""
@@ -71,11 +112,15 @@ class BackendOptions:
     inter_op_threads: int = 0  # threads across independent operators; 0 = the library's default
     device_id: int = 0  # GPU index for cuda and tensorrt
     graph_optimization: str = "all"  # disabled | basic | extended | all
-    # Where TensorRT engines and timing caches are kept. The caller picks it (e.g. a
-    # `.tinymm-cache` directory next to the bundle); None disables the TensorRT caches.
+    # Where TensorRT engines and timing caches are kept (tinymm.load picks a per-bundle directory
+    # under the user's cache); None disables the TensorRT caches: engines are built at every load.
     cache_dir: Path | None = None
     trt_fp16: bool = False  # let TensorRT run layers in fp16
     trt_int8: bool = False  # let TensorRT run the model's QDQ (explicitly quantized) layers in int8
+    # The TensorRT optimization profile: one InputProfile (engine_cache.compute_profiles) per model
+    # input that has a dynamic dimension. () lets TensorRT size its engine from the shapes of the
+    # first runs, and rebuild it whenever a larger shape arrives.
+    trt_profiles: Sequence[InputProfile] = ()
     io_binding: str = "auto"  # auto (on for GPU providers) | on | off
     # Extra session configuration entries passed through verbatim (key -> value).
     session_options: Mapping[str, str] = field(default_factory=dict)
@@ -93,6 +138,7 @@ class BackendOptions:
             if not isinstance(self.cache_dir, (str, Path)):
                 raise ValueError(f"BackendOptions.cache_dir={self.cache_dir!r} must be a path or None")
             object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        object.__setattr__(self, "trt_profiles", _check_trt_profiles(self.trt_profiles))
         if not isinstance(self.session_options, Mapping):
             raise ValueError(f"BackendOptions.session_options={self.session_options!r} must be a mapping of str to str")
         for key, value in self.session_options.items():

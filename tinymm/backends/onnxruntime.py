@@ -89,8 +89,23 @@ def _make_dirs(dirs: Sequence[Path]) -> None:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise BackendError(
-                f"cannot create the TensorRT cache directory {directory}: {e}; pass a writable BackendOptions.cache_dir"
+                f"cannot create the TensorRT cache directory {directory}: {e}; pass a writable "
+                "BackendOptions.cache_dir (tinymm.load: cache_dir=..., --cache-dir DIR or $TINYMM_CACHE_DIR; "
+                "or turn the cache off)"
             ) from e
+
+
+def _load_error(model_path: Path, plan_provider: str, options: BackendOptions, e: Exception) -> BackendError:
+    """The BackendError for onnxruntime failing to create a session, with a hint where one helps."""
+    message = f"onnxruntime could not load {model_path}: {e}"
+    if plan_provider == "tensorrt" and options.trt_profiles and "profile" in str(e).lower():
+        message += (
+            ". The TensorRT provider was given optimization profiles for the model's inputs, but it took "
+            "only part of the graph (an operator it cannot run went to another provider), and onnxruntime "
+            "wants profiles for that part's inputs too; load with provider='cuda', or with a variant TensorRT "
+            "runs whole (precision fp16 or fp32 rather than the decoders' CPU-quantized int8)"
+        )
+    return BackendError(message)
 
 
 class OnnxRuntimeBackend:
@@ -116,8 +131,14 @@ class OnnxRuntimeBackend:
             raise BackendError(f"model file {model_path} does not exist (or is not a file); check the bundle")
         plan = plan_providers(options, ort.get_available_providers())
         _make_dirs(plan.cache_dirs)
-        if plan.provider == "tensorrt" and options.cache_dir is None:
-            logger.info("no cache_dir given: TensorRT engines for %s are rebuilt at every load", model_path)
+        if plan.provider == "tensorrt":
+            if options.cache_dir is None:
+                logger.info("no cache_dir given: TensorRT engines for %s are rebuilt at every load", model_path)
+            else:
+                logger.info(
+                    "TensorRT engines for %s are cached in %s (a first load builds them: seconds to minutes)",
+                    model_path.name, plan.cache_dirs[0],
+                )
         try:
             session = ort.InferenceSession(
                 str(model_path),
@@ -128,7 +149,7 @@ class OnnxRuntimeBackend:
         except BackendError:
             raise
         except Exception as e:  # onnxruntime's pybind errors share no base class below Exception
-            raise BackendError(f"onnxruntime could not load {model_path}: {e}") from e
+            raise _load_error(model_path, plan.provider, options, e) from e
         provider = check_session_providers(plan, session.get_providers())
         logger.info("loaded %s on %s (providers %s)", model_path, provider, session.get_providers())
         return OrtSession(session, model_path, provider, options.device_id, options.use_io_binding(provider))

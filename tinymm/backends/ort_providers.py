@@ -7,6 +7,31 @@ GPU. Nothing here imports onnxruntime or touches the file system.
 TensorRT provider option names follow the onnxruntime TensorRT execution provider documentation
 (https://onnxruntime.ai/docs/execution-providers/TensorRT-ExecutionProvider.html); boolean
 values are passed as the strings "True"/"False", as its Python examples do.
+
+Optimization profiles and the engine cache. `BackendOptions.trt_profiles` (one min/opt/max per
+input with a dynamic dimension, from `engine_cache.compute_profiles` over the bundle contract)
+become `trt_profile_{min,opt,max}_shapes`, e.g. "input_ids:1x1,past_key_values.0.key:1x4x1x32"
+(inputs in name order, dimensions joined by "x", as trtexec's --minShapes). onnxruntime then
+builds the engine once, when the session is created, for every shape in that range; without
+profiles it builds for the shapes of the first run and rebuilds whenever a run exceeds them.
+Once profiles are given, onnxruntime needs one for every input with a dynamic dimension (it
+refuses the session otherwise) and takes fixed dimensions from the graph, so callers leave
+inputs whose dimensions are all fixed out of trt_profiles (`tinymm.load` does); with no profile
+at all, the options are not passed. A run outside the profile fails ("cannot set the dynamic
+dimensions") instead of rebuilding. When onnxruntime hands part of a graph to another provider,
+the TensorRT part's inputs may be inner tensors that have no profile; onnxruntime then refuses
+the session, naming them.
+
+With `cache_dir` set, the engine cache lives in `cache_dir/onnxruntime-tensorrt/<precision>/`
+(precision: fp32, fp16, int8 or fp16-int8 from the trt_* flags) and the timing cache in
+`cache_dir/onnxruntime-tensorrt/timing/`. onnxruntime names an engine after a hash of the model's
+file name and graph (input and node names, not the weights), the onnxruntime, CUDA and TensorRT
+versions and the GPU's compute capability, and writes next to it a `.profile` file holding the
+profile it was built with; at load it rebuilds (and overwrites) an engine whose `.profile`
+differs from the requested profile. So: a new profile (another batch limit or context length)
+rebuilds in place; a new precision builds into its own directory; new weights under the same
+file names are NOT detected, which is why `tinymm.load` gives each bundle content (its manifest
+hash) a directory of its own.
 """
 
 from __future__ import annotations
@@ -15,10 +40,13 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 from tinymm.backends.base import BackendOptions
 from tinymm.errors import BackendError
+
+if TYPE_CHECKING:
+    from tinymm.backends.engine_cache import InputProfile
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +67,14 @@ FALLBACK_CHAINS: Mapping[str, tuple[str, ...]] = {
 # Sub-directory of BackendOptions.cache_dir holding the onnxruntime TensorRT caches.
 TRT_CACHE_SUBDIR = "onnxruntime-tensorrt"
 TRT_TIMING_SUBDIR = "timing"
+# Separators of onnxruntime's profile-shape strings: inputs, name from shape, dimensions.
+PROFILE_INPUT_SEP, PROFILE_NAME_SEP, PROFILE_DIM_SEP = ",", ":", "x"
+# Provider option name of each part of an optimization profile.
+PROFILE_OPTIONS: Mapping[str, str] = {
+    "min": "trt_profile_min_shapes",
+    "opt": "trt_profile_opt_shapes",
+    "max": "trt_profile_max_shapes",
+}
 
 _GPU_INSTALL_HINT = (
     "pip uninstall onnxruntime && pip install 'tinymm[gpu]' "
@@ -66,8 +102,8 @@ def trt_precision_tag(options: BackendOptions) -> str:
 def trt_cache_dirs(options: BackendOptions) -> tuple[Path, Path] | None:
     """(engine cache dir, timing cache dir) under options.cache_dir, or None when it is None.
 
-    onnxruntime names engine files after the model, the GPU and the shape profile but not the
-    precision, so engines of each precision get their own directory.
+    Engines of each precision get their own directory, so that switching precision never
+    replaces another precision's engines and one precision's cache can be removed alone.
     """
     if options.cache_dir is None:
         return None
@@ -75,8 +111,41 @@ def trt_cache_dirs(options: BackendOptions) -> tuple[Path, Path] | None:
     return root / trt_precision_tag(options), root / TRT_TIMING_SUBDIR
 
 
+def _profile_shape(profile: InputProfile, part: str) -> str:
+    """The "name:d0xd1x..." text of one part (min, opt or max) of `profile`."""
+    name = profile.name
+    if any(sep in name for sep in (PROFILE_INPUT_SEP, PROFILE_NAME_SEP)):
+        raise BackendError(
+            f"model input {name!r} contains {PROFILE_INPUT_SEP!r} or {PROFILE_NAME_SEP!r}, which onnxruntime's "
+            "TensorRT profile options use as separators; rename the input when exporting, or load with "
+            "provider='cuda'"
+        )
+    dims = PROFILE_DIM_SEP.join(str(size) for size in getattr(profile, part))
+    return f"{name}{PROFILE_NAME_SEP}{dims}"
+
+
+def trt_profile_options(profiles: Sequence[InputProfile]) -> dict[str, str]:
+    """trt_profile_{min,opt,max}_shapes for `profiles` (one per dynamic input); {} when there are none.
+
+    Example: an input "features" of min (1, 80, 1) and an input "lengths" of min (1,) give
+    trt_profile_min_shapes = "features:1x80x1,lengths:1". Inputs are listed in name order.
+    Raises BackendError for an input name onnxruntime cannot parse (one holding "," or ":").
+    """
+    ordered = sorted(profiles, key=lambda p: p.name)
+    if not ordered:
+        return {}
+    return {
+        option: PROFILE_INPUT_SEP.join(_profile_shape(profile, part) for profile in ordered)
+        for part, option in PROFILE_OPTIONS.items()
+    }
+
+
 def tensorrt_provider_options(options: BackendOptions) -> dict[str, str]:
-    """Options for onnxruntime's TensorrtExecutionProvider; caches only when cache_dir is set."""
+    """Options for onnxruntime's TensorrtExecutionProvider.
+
+    Caches only when cache_dir is set; explicit optimization profiles when trt_profiles is set
+    (see the module docstring for how the two interact).
+    """
     provider_options = {
         "device_id": str(options.device_id),
         "trt_fp16_enable": _flag(options.trt_fp16),
@@ -92,6 +161,7 @@ def tensorrt_provider_options(options: BackendOptions) -> dict[str, str]:
         provider_options["trt_engine_cache_path"] = str(engine_dir)
         provider_options["trt_timing_cache_enable"] = _flag(True)
         provider_options["trt_timing_cache_path"] = str(timing_dir)
+    provider_options.update(trt_profile_options(options.trt_profiles))
     return provider_options
 
 
