@@ -3,9 +3,12 @@
     python -m export runs/vlm/distill/final --out bundles/scene-vlm --precision fp32,int8 --data runs/vlm
     python -m export runs/speech/student_kd/final --out bundles/speech --data runs/speech/data
 
-With ``--data`` holding a test split, int8 is gated on the task metric (VQA accuracy, WER) of the
-whole model on ``--eval-samples`` test items (``--max-metric-drop`` points at most), and the model
-card lists the task metrics per precision; without it, the gate uses the golden outputs' cosine.
+With ``--data`` holding a test split, each int8 component is gated on the task metrics of the
+whole model that it can change (vision-language: text encoder on zero-shot top-1, image encoder on
+VQA accuracy and zero-shot top-1, decoder steps on VQA accuracy; speech: WER), each allowed to
+drop ``--max-metric-drop`` points at most, on ``--eval-samples`` test items (zero-shot top-1 uses
+at least 256 scenes), and the model card lists the task metrics per precision; without it, the
+gate uses the golden outputs' cosine.
 
 Exit codes: 0 written and verified; 3 bad input (missing checkpoint, unknown model kind, no
 tokenizer, a contract that does not fit the model); 4 the bundle could not be written (e.g. the
@@ -68,11 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=None,
                         help="ONNX opset (default: the exporter's lowest, 18 for dynamo, 17 for torchscript)")
     parser.add_argument("--max-metric-drop", type=float, default=None, metavar="POINTS",
-                        help="int8 gate: task metric points an int8 component may lose vs fp32 (WER: may gain); "
-                        f"default {DEFAULT_MAX_DROP:g}")
+                        help="int8 gate: points each task metric an int8 component is judged on may lose vs "
+                        "fp32 (WER: may gain); a component is judged on the metrics it can change (text encoder: "
+                        "zero-shot top-1; image encoder: VQA accuracy and zero-shot top-1; decoder steps: VQA "
+                        f"accuracy; speech encoder: WER); default {DEFAULT_MAX_DROP:g}")
     parser.add_argument("--eval-samples", type=int, default=None, metavar="N",
-                        help="int8 gate and model card: test-split scenes or clips evaluated per model "
-                        "(default: 32 scenes or 256 clips, ~10 s each on 2 CPU cores; needs --data with a test split)")
+                        help="int8 gate and model card: test-split scenes (VQA accuracy, caption facts) or clips "
+                        "evaluated per model (default: 32 scenes or 256 clips, ~3-4 s each on 2 CPU cores; needs --data "
+                        "with a test split). Zero-shot top-1 uses max(N, 256) scenes, capped at the split: it needs "
+                        "only the encoders and is noisy on few scenes (1 scene of 32 = 3.1 points)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch and evaluation CPU threads (default 0: the libraries' default; 1 is fastest "
                         "on a busy machine)")

@@ -3,6 +3,7 @@
     evaluator = make_task_evaluator(prepared, Path("runs/vlm"), GateOptions(eval_samples=32))
     scores = evaluator.score({"image_encoder": Path("image_encoder.onnx"), ...})
     scores.main                    # VQA accuracy in points (speech: WER in points, lower is better)
+    evaluator.gate_metrics("text_encoder")   # ("zero_shot_top1",): the metrics that component can change
     evaluator.torch_scores()       # the same metrics of the torch model on the same samples
     evaluator.agreement(paths)     # how often the runtime's outputs equal the torch model's greedy outputs
 
@@ -15,8 +16,13 @@ preprocessing, greedy decoding with the KV cache (or CTC best path), detokenizat
 Metrics follow train/ (train/metrics_vision.py, train/metrics_speech.py) on the first
 ``eval_samples`` items of the training data's test split, in points (percent):
 
-- vision-language (``task_eval_vlm.py``): VQA accuracy (main), caption fact accuracy, zero-shot top-1;
+- vision-language (``task_eval_vlm.py``): VQA accuracy (main), caption fact accuracy, zero-shot
+  top-1 (on more scenes than the others: it needs only the two encoders' embeddings);
 - speech (``task_eval_speech.py``): WER (main, lower is better), CER, intent accuracy.
+
+The int8 gate judges each component on ``gate_metrics(component)``, the metrics that component
+can change (a text encoder that only feeds zero-shot classification is judged on zero-shot top-1,
+not on VQA accuracy, which it cannot move).
 """
 
 from __future__ import annotations
@@ -40,9 +46,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 TEST_SPLIT = "test"  # the split the gate measures on: scenes and voices training never saw
-# Test items per evaluation when GateOptions.eval_samples is None, per family. On the 2-core CPU
-# with 1 thread: student VLM, 32 scenes (~450 questions) ~11 s; student speech model, 256 clips
-# ~4 s. A gate without a sweep makes 2 + components evaluations (export/QUANTIZATION.md).
+# Test items per evaluation when GateOptions.eval_samples is None, per family: the scenes of VQA
+# and captions (zero-shot top-1 takes more, task_eval_vlm.ZERO_SHOT_SCENES), or the clips. On the
+# 2-core CPU with 1 thread: student VLM, 32 scenes (447 questions) + 256 zero-shot scenes ~3 s;
+# student speech model, 256 clips ~4 s. A gate without a sweep makes 2 + components evaluations,
+# some of them partial (export/QUANTIZATION.md).
 DEFAULT_EVAL_SAMPLES = {"vision-language": 32, "speech": 256}
 POINTS = 100.0  # a fraction in [0, 1] -> points (percent)
 
@@ -52,7 +60,7 @@ class GateOptions:
     """How the int8 accuracy gate measures the task metric; checked once here."""
 
     max_metric_drop: float = DEFAULT_MAX_DROP  # metric points int8 may lose vs fp32 (WER: may gain)
-    eval_samples: int | None = None  # test-split scenes or clips per evaluation; None: DEFAULT_EVAL_SAMPLES
+    eval_samples: int | None = None  # test scenes (of VQA, captions) or clips per evaluation; None: the default
     threads: int = 0  # onnxruntime intra-op threads of the evaluation sessions (0: its default)
 
     def __post_init__(self) -> None:
@@ -105,6 +113,11 @@ class TorchSession:
         return {name: outputs[name] for name in (output_names or self.graph.output_names)}
 
 
+def metric_drop(higher_is_better: bool, reference: float, value: float) -> float:
+    """Metric points lost from `reference` to `value` (positive = worse), whichever way the metric improves."""
+    return (reference - value) if higher_is_better else (value - reference)
+
+
 def batch_slices(n: int, size: int) -> list[slice]:
     """Slices cutting ``n`` items into consecutive batches of at most ``size``."""
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
@@ -125,7 +138,8 @@ class TaskEvaluator(ABC):
     """
 
     metric: str  # the main metric's key
-    higher_is_better: bool
+    higher_is_better: bool  # of the main metric
+    lower_is_better: tuple[str, ...] = ()  # metric keys where lower is better (e.g. error rates)
     columns: tuple[tuple[str, str], ...]  # (metric key, heading) shown in the model card
 
     def __init__(self, prepared: Prepared, threads: int) -> None:
@@ -144,13 +158,27 @@ class TaskEvaluator(ABC):
     def counts(self) -> dict[str, int]:
         """Test items per kind (scenes, questions, clips), for the provenance."""
 
+    @property
     @abstractmethod
-    def _run_pipeline(self, sessions: Mapping[str, Session]) -> TaskScores:
-        """The metrics of the runtime pipeline built on `sessions` (component -> session)."""
+    def metric_items(self) -> dict[str, str]:
+        """Test items behind each metric of `columns`, for the model card: e.g. {'wer': '256 clips'}."""
+
+    @abstractmethod
+    def _evaluate(self, paths: Mapping[str, Path], digests: Mapping[str, str]) -> TaskScores:
+        """The metrics of the runtime pipeline on the files `paths` (component -> .onnx, whose
+        sha256 are `digests`); open them with `_sessions`."""
 
     @abstractmethod
     def _run_torch(self) -> TaskScores:
         """The metrics of the torch model (prepared.model) on the same items, greedy decoding."""
+
+    def gate_metrics(self, component: str) -> tuple[str, ...]:
+        """The metrics the int8 gate judges `component` on: those it can change (default: the main one)."""
+        return (self.metric,)
+
+    def higher_is_better_of(self, metric: str) -> bool:
+        """Whether a higher value of `metric` is better."""
+        return metric not in self.lower_is_better
 
     def _sessions(self, paths: Mapping[str, Path]) -> dict[str, Session]:
         """Fresh onnxruntime CPU sessions (loading takes a fraction of an evaluation; keeping every
@@ -167,10 +195,11 @@ class TaskEvaluator(ABC):
         if missing:
             raise InputError(f"the task evaluation needs a file for every component; {missing} missing from "
                              f"{sorted(paths)}")
-        key = tuple(sorted((name, sha256_file(Path(p))) for name, p in paths.items()))  # content, not name
+        digests = {name: sha256_file(Path(p)) for name, p in paths.items()}
+        key = tuple(sorted(digests.items()))  # content, not name
         if key not in self._cache:
             start = time.perf_counter()
-            scores = self._run_pipeline(self._sessions(paths))
+            scores = self._evaluate(paths, digests)
             seconds = time.perf_counter() - start
             self._cache[key] = TaskScores(scores.metric, scores.higher_is_better, scores.metrics, scores.outputs,
                                            seconds)

@@ -2,7 +2,7 @@
 
 The definitions are train/metrics_speech.py's (``score_transcripts``), in points:
 
-- ``wer`` (the gate's metric, lower is better): corpus word error rate of the runtime's
+- ``wer`` (the gate's metric for ``speech_encoder``, lower is better): corpus word error rate of the runtime's
   transcripts against the references, both normalised by ``tinymm.intent.normalize_transcript``;
 - ``cer``: the same over characters; ``sentence_accuracy``: transcripts exactly right;
 - ``intent_accuracy``: the runtime's ``IntentParser`` reads the transcript as the clip's intent.
@@ -37,6 +37,7 @@ class SpeechTaskEvaluator(TaskEvaluator):
 
     metric = METRIC
     higher_is_better = False
+    lower_is_better = ("wer", "cer")
     columns = (("wer", "WER"), ("cer", "CER"), ("intent_accuracy", "intent accuracy"))
 
     def __init__(self, prepared: Prepared, data_dir: Path, count: int, threads: int) -> None:
@@ -75,6 +76,12 @@ class SpeechTaskEvaluator(TaskEvaluator):
     def counts(self) -> dict[str, int]:
         return {"clips": len(self.waves), "skipped": self.skipped}
 
+    @property
+    def metric_items(self) -> dict[str, str]:
+        with_intent = sum(intent is not None for intent in self.intents)
+        clips = f"{len(self.waves)} clips"
+        return {"wer": clips, "cer": clips, "intent_accuracy": f"{with_intent} clips with an intent"}
+
     def _scores(self, transcripts: Sequence[str], outputs: Sequence[tuple[int, ...]]) -> TaskScores:
         from train.metrics_speech import score_transcripts
 
@@ -87,7 +94,11 @@ class SpeechTaskEvaluator(TaskEvaluator):
                    "intent_accuracy": points(s.intent_accuracy)}
         return TaskScores(METRIC, False, metrics, tuple(outputs))
 
+    def _evaluate(self, paths: Mapping[str, Path], digests: Mapping[str, str]) -> TaskScores:
+        return self._run_pipeline(self._sessions(paths))
+
     def _run_pipeline(self, sessions: Mapping[str, Session]) -> TaskScores:
+        """The metrics of the runtime pipeline built on `sessions` (component -> session)."""
         from tinymm.pipelines.speech import COMPONENT, SpeechPipeline
 
         pipeline = SpeechPipeline(encoder=sessions[COMPONENT], preprocessor=self.preprocessor,
