@@ -213,7 +213,6 @@ def torch_variants(vlm_checkpoint: Path, speech_checkpoint: Path, vlm_bundle: Pa
     import tinymm
     from train.checkpoint import load_checkpoint
     from train.models import SpeechConfig, SpeechCTCModel, VisionLanguageModel, VLMConfig
-    from train.recipes.speech import greedy_decode
 
     torch.set_num_threads(threads)
     vlm_model, _, _ = load_checkpoint(vlm_checkpoint, VisionLanguageModel, VLMConfig)
@@ -274,17 +273,9 @@ def torch_variants(vlm_checkpoint: Path, speech_checkpoint: Path, vlm_bundle: Pa
         with torch.inference_mode():
             log_probs, out_lengths = asr_model(torch.from_numpy(features), torch.from_numpy(lengths))
         end = time.perf_counter()
-        ids = tuple(greedy_decode(log_probs, out_lengths)[0])
-        # The pipeline's own postprocessing after the same best path (lexicon, then the bundle's
-        # grammar), so that both sides do the same work and give the same tokens.
-        text = asr.tokenizer.decode(list(ids))
-        if asr.use_lexicon and asr.settings.lexicon is not None:
-            asr.settings.lexicon.correct(text)
-        if asr.use_grammar and asr.grammar_decoder is not None:
-            best = asr.grammar_decoder.decode(log_probs[0, : int(out_lengths[0])].numpy())
-            if best.in_grammar:
-                ids = best.tokens
-                asr.tokenizer.decode(list(ids))
+        # The pipeline's own postprocessing (best path, lexicon, the bundle's grammar), so that both
+        # sides do the same work and give the same tokens.
+        _, ids, _, _, _ = asr.decode(log_probs.numpy(), out_lengths.numpy())[0]
         return _encoder_measurement(start, begin, end, time.perf_counter(), token_ids=ids)
 
     label = "torch eager fp32"

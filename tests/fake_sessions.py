@@ -362,8 +362,10 @@ def write_vlm_bundle(out_dir: Path, model: TinyVLM, tokenizer: Path, *, labels: 
     return out_dir
 
 
-def write_speech_bundle(out_dir: Path, tokenizer: Path, vocab: int, *, n_mels: int = 16, seed: int = 0) -> Path:
-    """A real speech bundle: the random ``speech_onnx`` graph, a tokenizer and a small log-mel contract."""
+def write_speech_bundle(out_dir: Path, tokenizer: Path, vocab: int, *, n_mels: int = 16, seed: int = 0,
+                        model_extra: dict | None = None) -> Path:
+    """A real speech bundle: the random ``speech_onnx`` graph, a tokenizer and a small log-mel contract;
+    ``model_extra`` adds keys to the manifest's ``model`` object (e.g. ``grammar``)."""
     from tinymm.bundle import BundleWriter, Preprocess
     from tinymm.preprocess.config import AudioConfig, TextConfig
 
@@ -379,5 +381,6 @@ def write_speech_bundle(out_dir: Path, tokenizer: Path, vocab: int, *, n_mels: i
         text = TextConfig(tokenizer="speech.model", context_length=256, add_bos=False)
         writer.write(name="tiny-speech", family="speech", tasks=["transcribe", "command"],
                      components={"speech_encoder": spec}, preprocess=Preprocess(audio=audio, text=text),
-                     model={"blank_id": 0, "vocab_size": vocab, "subsampling_factor": 2, "max_frames": 1000})
+                     model={"blank_id": 0, "vocab_size": vocab, "subsampling_factor": 2, "max_frames": 1000,
+                            **(model_extra or {})})
     return out_dir

@@ -90,12 +90,17 @@ def _prepared(runs: Path, kind: str, data: Path):
     return bundle_build.prepare(request)
 
 
-@pytest.fixture(scope="module")
-def speech_parts(runs: Path, tmp_path_factory: pytest.TempPathFactory):
-    prepared = _prepared(runs, "speech", runs / "speech_data")
-    work = tmp_path_factory.mktemp("speech_onnx")
+def _exported_parts(runs: Path, kind: str, data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(prepared, fp32 ONNX paths per component, golden pairs, work dir) of the tiny `kind` checkpoint."""
+    prepared = _prepared(runs, kind, data)
+    work = tmp_path_factory.mktemp(f"{kind}_onnx")
     fp32 = {c: export_onnx(g, work / f"{c}.onnx", FAST_EXPORT) for c, g in prepared.graphs.items()}
     return prepared, fp32, record_golden(prepared.graphs, prepared.real_cases), work
+
+
+@pytest.fixture(scope="module")
+def speech_parts(runs: Path, tmp_path_factory: pytest.TempPathFactory):
+    return _exported_parts(runs, "speech", runs / "speech_data", tmp_path_factory)
 
 
 class FakeEvaluator:
@@ -134,10 +139,7 @@ def _wer(delta: float) -> FakeEvaluator:
 
 @pytest.fixture(scope="module")
 def vlm_parts(runs: Path, tmp_path_factory: pytest.TempPathFactory):
-    prepared = _prepared(runs, "vlm", runs / "scenes")
-    work = tmp_path_factory.mktemp("vlm_onnx")
-    fp32 = {c: export_onnx(g, work / f"{c}.onnx", FAST_EXPORT) for c, g in prepared.graphs.items()}
-    return prepared, fp32, record_golden(prepared.graphs, prepared.real_cases), work
+    return _exported_parts(runs, "vlm", runs / "scenes", tmp_path_factory)
 
 
 VLM_BASE = {"vqa_accuracy": 50.0, "caption_fact_accuracy": 10.0, "zero_shot_top1": 40.0}

@@ -271,25 +271,12 @@ def test_the_free_transcript_of_speech_outside_the_grammar_keeps_the_lexicon(cha
 
 def test_cli_no_grammar_flag(tmp_path, capsys):
     pytest.importorskip("onnx", reason="writing the test bundle needs the onnx package (pip install 'tinymm[dev]')")
-    from fake_sessions import _component, speech_onnx
+    from fake_sessions import write_speech_bundle
 
-    from tinymm.bundle import BundleWriter, Preprocess, TensorSpec
     from tinymm.cli import main
 
-    vocab = 31  # the character tokenizer's pieces
-    with BundleWriter(tmp_path / "speech", overwrite=True) as writer:
-        speech_onnx(writer.staging_dir / "speech_encoder.onnx", N_MELS, vocab)
-        writer.add_file("speech.model", CHAR_TOKENIZER)
-        spec = _component("speech_encoder",
-                          (TensorSpec("features", ("batch", N_MELS, "frames"), "float32"),
-                           TensorSpec("feature_lengths", ("batch",), "int64")),
-                          (TensorSpec("log_probs", ("batch", "out_frames", vocab), "float32"),
-                           TensorSpec("output_lengths", ("batch",), "int64")), {"fp32": "speech_encoder.onnx"})
-        text = TextConfig(tokenizer="speech.model", context_length=256, add_bos=False)
-        writer.write(name="grammar-speech", family="speech", tasks=["transcribe", "command"],
-                     components={"speech_encoder": spec},
-                     preprocess=Preprocess(audio=AudioConfig(n_mels=N_MELS, max_seconds=10.0), text=text),
-                     model={"blank_id": 0, "vocab_size": vocab, "max_frames": 1000, "grammar": ROBOT_COMMANDS})
+    bundle = write_speech_bundle(tmp_path / "speech", CHAR_TOKENIZER, vocab=31, n_mels=N_MELS,  # 31 character pieces
+                                 model_extra={"grammar": ROBOT_COMMANDS})
     clip = tmp_path / "clip.wav"
     with wave.open(str(clip), "wb") as w:
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(RATE)
@@ -297,7 +284,7 @@ def test_cli_no_grammar_flag(tmp_path, capsys):
 
     def run(*argv: str) -> dict:
         capsys.readouterr()
-        assert main([*argv, str(clip), "--bundle", str(tmp_path / "speech"), "--json"]) == 0
+        assert main([*argv, str(clip), "--bundle", str(bundle), "--json"]) == 0
         return json.loads(capsys.readouterr().out)
 
     assert isinstance(run("transcribe")["results"][0]["in_grammar"], bool)

@@ -91,11 +91,8 @@ def aux_targets(annotation: Mapping[str, Any], image_size: int, patch_size: int)
     """
     g = image_size // patch_size
     out = np.zeros((len(AUX_ATTRIBUTES), g, g), dtype=np.int64)
-    sx, sy = image_size / annotation["width"], image_size / annotation["height"]
-    for obj in annotation["objects"]:
-        cx, cy = obj["center"]
-        r = min(g - 1, max(0, int(cy * sy // patch_size)))
-        c = min(g - 1, max(0, int(cx * sx // patch_size)))
+    for obj, cell in zip(annotation["objects"], object_cells(annotation, image_size, patch_size)):
+        r, c = divmod(int(cell), g)
         if obj["kind"] == "sign":
             values = (SIGN_SHAPE, None, None, obj["text"])
         else:

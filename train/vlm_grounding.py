@@ -33,7 +33,8 @@ _COLOR_SHAPE = re.compile(r"the (\w+) (\w+)\?$")
 
 
 def object_cells(annotation: Mapping[str, Any], image_size: int, patch_size: int) -> np.ndarray:
-    """(n_objects,) int64: the flat grid cell (row * G + col) of each object's centre, as aux_targets."""
+    """(n_objects,) int64: the flat grid cell (row * G + col) of each object's centre (scaled from the
+    scene's size to image_size), G = image_size // patch_size; the cells aux_targets labels too."""
     g = image_size // patch_size
     sx, sy = image_size / annotation["width"], image_size / annotation["height"]
     cells = []

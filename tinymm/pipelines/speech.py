@@ -166,7 +166,20 @@ class SpeechPipeline:
         timer.lap("preprocess")
         out = self.encoder.run({"features": features.astype(np.float32, copy=False), "feature_lengths": lengths})
         timer.lap("encode")
-        log_probs, out_lengths = out["log_probs"], out["output_lengths"]  # (N, out_frames, V), (N,)
+        decoded = self.decode(out["log_probs"], out["output_lengths"])
+        timer.lap("postprocess")
+        timings = timer.timings(len(clips))
+        return [
+            TranscriptResult(text, tokens, confidence, len(w) / self.sample_rate, timings, raw_text=raw_text,
+                             in_grammar=in_grammar)
+            for (text, tokens, confidence, in_grammar, raw_text), w in zip(decoded, waves)
+        ]
+
+    def decode(self, log_probs: np.ndarray,
+               out_lengths: np.ndarray) -> list[tuple[str, tuple[int, ...], float, bool | None, str]]:
+        """The postprocessing of encoder outputs log_probs (N, out_frames, V) float32 and out_lengths (N,)
+        int64: CTC best path, detokenize, lexicon, then the grammar. One (text, token ids, confidence,
+        in_grammar, raw text) per clip."""
         hyps = ctc_greedy_decode(log_probs, out_lengths, self.settings.blank_id)
         raw = [self.tokenizer.decode(list(h.tokens)) for h in hyps]
         lexicon = self.settings.lexicon if self.use_lexicon else None
@@ -176,13 +189,7 @@ class SpeechPipeline:
         if grammar is not None:
             decoded = [self._in_grammar(grammar, log_probs[i, : hyps[i].num_frames], *decoded[i][:3])
                        for i in range(len(hyps))]
-        timer.lap("postprocess")
-        timings = timer.timings(len(clips))
-        return [
-            TranscriptResult(text, tokens, confidence, len(w) / self.sample_rate, timings, raw_text=raw_text,
-                             in_grammar=in_grammar)
-            for (text, tokens, confidence, in_grammar), raw_text, w in zip(decoded, raw, waves)
-        ]
+        return [(*d, r) for d, r in zip(decoded, raw)]
 
     def _in_grammar(self, grammar: GrammarDecoder, log_probs: np.ndarray, free_text: str, free_tokens: tuple[int, ...],
                     free_confidence: float) -> tuple[str, tuple[int, ...], float, bool]:
