@@ -152,3 +152,33 @@ def test_nan_outputs_never_pass() -> None:
         result = GoldenResult("c", "fp32", "cpu", (error,), tolerance)
         assert not result.passed and result.to_dict()["passed"] is False
     assert GoldenResult("c", "fp32", "cpu", (error,), Tolerance(max_abs=1.0)).to_dict()["max_abs"] == "nan"
+
+
+def test_tensorrt_checks_get_what_tinymm_load_gives_them(tmp_path: Path, monkeypatch) -> None:
+    """On TensorRT each variant is loaded with its optimization profile, the bundle's engine cache
+    and its precision flag, as tinymm.load does; run here on the CPU provider with the options recorded."""
+    from dataclasses import replace
+
+    from tinymm.backends import get_backend
+    from tinymm.bundle import read_bundle
+    from tinymm.commands.verify import verify_golden
+    from tinymm.pipelines.loading import LoadOptions
+
+    monkeypatch.setenv("TINYMM_CACHE_DIR", str(tmp_path / "cache"))
+    real = get_backend("onnxruntime")
+    seen = {}
+
+    class RecordingBackend:
+        def load(self, path, options):
+            seen[Path(path).name] = options
+            return real.load(path, replace(options, provider="cpu", trt_profiles=(), cache_dir=None))
+
+    with read_bundle(write_bundle(tmp_path / "b")) as bundle:
+        results = verify_golden(bundle, RecordingBackend(), provider="tensorrt")
+        assert all(r.passed for r in results)
+        fp32, fp16 = seen["linear.onnx"], seen["linear.fp16.onnx"]
+        assert (fp32.trt_fp16, fp16.trt_fp16) == (False, True)
+        assert [p.name for p in fp32.trt_profiles] == ["x"] and fp32.trt_profiles[0].min == (1, IN)
+        assert fp32.cache_dir.parent == tmp_path / "cache" and fp32.cache_dir.name.startswith("linear-")
+        verify_golden(bundle, RecordingBackend(), provider="tensorrt", load_options=LoadOptions(engine_cache=False))
+        assert seen["linear.onnx"].cache_dir is None

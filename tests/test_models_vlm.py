@@ -156,6 +156,41 @@ def test_contrastive_embeddings_are_normalised_and_ignore_padding():
     assert model.contrastive_logits(img, txt).shape == (4, 3)
 
 
+def test_image_pool_max_and_mean_follow_the_config():
+    model = _model()
+    assert model.config.image_pool == "max"  # what the presets train with
+    pixels = _pixels(model.config, batch=3)
+    with torch.no_grad():
+        tokens, _ = model.image_encoder(pixels)
+        by_max = model.embed_image(pixels)
+        mean_model = _model(image_pool="mean")
+        by_mean = mean_model.embed_image(pixels)
+    torch.testing.assert_close(by_max, torch.nn.functional.normalize(model.image_proj(tokens.amax(1)), dim=-1))
+    torch.testing.assert_close(by_mean, torch.nn.functional.normalize(mean_model.image_proj(tokens.mean(1)), dim=-1))
+    with pytest.raises(ValueError, match="image_pool"):
+        VLMConfig.tiny(image_pool="attention")
+
+
+def test_memory_positions_are_added_to_the_decoder_memory():
+    model = _model()
+    cfg = model.config
+    assert cfg.memory_positions and model.projector.positions.shape == (cfg.num_image_tokens, cfg.dec_dim)
+    pixels = _pixels(cfg, batch=2)
+    with torch.no_grad():
+        before = model.encode_image(pixels)
+        model.projector.positions.add_(1.0)
+        after = model.encode_image(pixels)
+    torch.testing.assert_close(after - before, torch.ones_like(before), atol=1e-5, rtol=0)
+    assert _model(memory_positions=False).projector.positions is None
+
+
+def test_configs_saved_before_the_pool_and_memory_options_load_as_trained():
+    old = dataclasses.asdict(VLMConfig.tiny())
+    del old["image_pool"], old["memory_positions"]
+    cfg = VLMConfig.from_dict(old)
+    assert cfg.image_pool == "mean" and cfg.memory_positions is False
+
+
 def test_logit_scale_starts_at_clip_value_and_is_clamped():
     model = _model()
     torch.testing.assert_close(model.logit_scale_value(), torch.tensor(1 / 0.07))

@@ -367,6 +367,6 @@ def test_a_partial_tensorrt_graph_gets_a_hint():
 def test_tensorrt_sessions_get_the_flag_of_their_variant(tmp_path, monkeypatch, precision, fp16, int8):
     monkeypatch.setenv("TINYMM_CACHE_DIR", str(tmp_path / "cache"))
     chosen = {"image_encoder": precision, "decoder_first": "fp32"}
-    options = loading._session_options(vlm_manifest(), chosen, LoadOptions(), "tensorrt")
+    options = loading.component_backend_options(vlm_manifest(), chosen, LoadOptions(), "tensorrt")
     assert (options["image_encoder"].trt_fp16, options["image_encoder"].trt_int8) == (fp16, int8)
     assert (options["decoder_first"].trt_fp16, options["decoder_first"].trt_int8) == (False, False)

@@ -168,10 +168,12 @@ def test_question_types_are_drawn_uniformly(scenes_and_tokenizer):
     qa = [{"type": "exist", "question": f"q{i}", "answer": "yes"} for i in range(9)]
     qa.append({"type": "sign", "question": "what does the sign say?", "answer": "go"})
     rng = np.random.default_rng(0)
-    balanced = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, 8)._draw_question
+    balanced = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, 8, mix=TaskMix(type_emphasis=()))._draw_question
+    emphasised = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, 8)._draw_question  # sign counts twice by default
     plain = VLMSceneDataset(scenes, tokenizer, TINY_SIZE, 8, mix=TaskMix(balance_question_types=False))._draw_question
     share = np.mean([balanced(qa, rng)["type"] == "sign" for _ in range(400)])
     assert 0.4 < share < 0.6
+    assert 0.58 < np.mean([emphasised(qa, rng)["type"] == "sign" for _ in range(400)]) < 0.75
     assert np.mean([plain(qa, rng)["type"] == "sign" for _ in range(400)]) < 0.2
 
 

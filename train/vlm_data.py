@@ -59,6 +59,10 @@ class TaskMix:
     vqa: float = 0.75  # relative weight of question-answer examples
     pseudo_caption: float = 0.5  # chance a caption example uses the teacher's pseudo-caption, where one exists
     balance_question_types: bool = True  # draw a question type uniformly, then a question of that type
+    # With balance_question_types, these types are drawn this many times as often as the others:
+    # the two the models learn slowest (a student trained mostly on "where is" questions for 300
+    # steps went from 23% to 46% position accuracy).
+    type_emphasis: tuple[tuple[str, float], ...] = (("position", 2.0), ("sign", 2.0))
 
     def __post_init__(self) -> None:
         for name in ("caption", "vqa"):
@@ -69,6 +73,13 @@ class TaskMix:
             raise ValueError("TaskMix needs a positive caption or vqa weight")
         if not 0.0 <= self.pseudo_caption <= 1.0:
             raise ValueError(f"TaskMix.pseudo_caption={self.pseudo_caption!r} must be a probability in [0, 1]")
+        for kind, weight in self.type_emphasis:
+            if not isinstance(weight, (int, float)) or weight <= 0:
+                raise ValueError(f"TaskMix.type_emphasis: {kind!r} has weight {weight!r}; weights must be positive")
+
+    def type_weight(self, kind: str) -> float:
+        """Relative chance of drawing question type `kind` when types are balanced (1 unless emphasised)."""
+        return dict(self.type_emphasis).get(kind, 1.0)
 
     @property
     def probabilities(self) -> np.ndarray:
@@ -186,11 +197,13 @@ class VLMSceneDataset(Dataset):
 
     def _draw_question(self, qa: Sequence[Mapping[str, str]], rng: np.random.Generator) -> Mapping[str, str]:
         """One of the scene's questions. The generator asks many more "exist" and "how many" questions
-        than sign or position ones; with balance_question_types every type present is equally likely."""
+        than sign or position ones; with balance_question_types every type present is equally likely,
+        times its TaskMix.type_emphasis weight."""
         if not self.mix.balance_question_types:
             return qa[int(rng.integers(len(qa)))]
         types = sorted({q["type"] for q in qa})
-        kind = types[int(rng.integers(len(types)))]
+        weights = np.array([self.mix.type_weight(t) for t in types], dtype=np.float64)
+        kind = types[int(rng.choice(len(types), p=weights / weights.sum()))]
         same = [q for q in qa if q["type"] == kind]
         return same[int(rng.integers(len(same)))]
 

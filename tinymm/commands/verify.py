@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tinymm.errors import EXIT_OK, EXIT_TOLERANCE, InputError
+from tinymm.pipelines.loading import LoadOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -142,10 +143,12 @@ def run_golden(
     return GoldenResult(component, precision, session.provider, compare_outputs(outputs, got), tolerance)
 
 
-def _backend_options(provider: str, precision: str) -> Any:
-    from tinymm.backends import BackendOptions
+def _backend_options(manifest: Any, component: str, precision: str, options: LoadOptions, provider: str) -> Any:
+    """What ``tinymm.load`` would load the component with: on TensorRT, with its optimization
+    profile, the engine cache and the variant's precision flag."""
+    from tinymm.pipelines.loading import component_backend_options
 
-    return BackendOptions(provider=provider, trt_fp16=precision == "fp16", trt_int8=precision == "int8")
+    return component_backend_options(manifest, {component: precision}, options, provider)[component]
 
 
 def _checks(bundle: "Bundle", precision: str) -> list[tuple["GoldenPair", str]]:
@@ -170,18 +173,25 @@ def _checks(bundle: "Bundle", precision: str) -> list[tuple["GoldenPair", str]]:
 
 
 def verify_golden(
-    bundle: "Bundle", backend: "Backend", *, provider: str = "auto", precision: str = "all"
+    bundle: "Bundle", backend: "Backend", *, provider: str = "auto", precision: str = "all",
+    load_options: LoadOptions | None = None,
 ) -> list[GoldenResult]:
     """Rerun every golden pair of ``bundle`` at ``precision`` ("all" or one of fp32, fp16, int8).
 
+    load_options gives the TensorRT engine cache settings (default: tinymm.load's defaults).
     Raises BundleError for a bad golden file, BackendError when a model cannot be loaded or run.
     """
+    from tinymm.pipelines.loading import resolved_provider
+
+    options = load_options or LoadOptions()
+    chosen_provider = resolved_provider(backend, provider)
     sessions: dict[tuple[str, str], Any] = {}
     results = []
     for pair, p in _checks(bundle, precision):
         key = (pair.component, p)
         if key not in sessions:
-            sessions[key] = backend.load(bundle.component_path(pair.component, p), _backend_options(provider, p))
+            backend_options = _backend_options(bundle.manifest, pair.component, p, options, chosen_provider)
+            sessions[key] = backend.load(bundle.component_path(pair.component, p), backend_options)
         inputs, outputs = bundle.golden_arrays(pair)
         results.append(run_golden(sessions[key], inputs, outputs, component=pair.component, precision=p,
                                   tolerance=pair.tolerance[p]))
@@ -202,6 +212,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help="execution provider")
     parser.add_argument("--precision", default="all", choices=PRECISION_CHOICES,
                         help="verify one precision's variants, or all the bundle has")
+    LoadOptions.add_cache_arguments(parser)
     return parser
 
 
@@ -235,7 +246,9 @@ def run(args: argparse.Namespace) -> int:
     with read_bundle(args.bundle, verify_checksums=False) as bundle:
         verify_bundle(bundle)  # checksums, interfaces and golden shapes before running anything
         backend = get_backend(args.backend)
-        results = verify_golden(bundle, backend, provider=args.provider, precision=args.precision)
+        load_options = LoadOptions(cache_dir=args.cache_dir, engine_cache=args.engine_cache)
+        results = verify_golden(bundle, backend, provider=args.provider, precision=args.precision,
+                                load_options=load_options)
         ok = all(r.passed for r in results)
         if args.json:
             payload = {"ok": ok, "root": str(bundle.root), "name": bundle.name, "backend": args.backend,

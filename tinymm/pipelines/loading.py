@@ -166,6 +166,18 @@ class LoadOptions:
         parser.add_argument(
             "--provider", default="auto", type=_provider_name, help="auto (best available) | cpu | cuda | tensorrt"
         )
+        LoadOptions.add_cache_arguments(parser)
+        parser.add_argument(
+            "--precision", default="auto", choices=PRECISION_CHOICES,
+            help="model variant (auto: int8 on CPU, fp16 on GPU, when the bundle has it)",
+        )
+        parser.add_argument(
+            "--threads", type=_thread_count, default=0, help="threads per model (0: the backend's default)"
+        )
+
+    @staticmethod
+    def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
+        """Add ``--cache-dir`` and ``--no-engine-cache`` (TensorRT engine cache), one or the other."""
         cache = parser.add_mutually_exclusive_group()
         cache.add_argument(
             "--cache-dir", type=_cache_dir, default=None, metavar="DIR",
@@ -175,13 +187,6 @@ class LoadOptions:
         cache.add_argument(
             "--no-engine-cache", dest="engine_cache", action="store_false",
             help="build the TensorRT engines at every load and write nothing",
-        )
-        parser.add_argument(
-            "--precision", default="auto", choices=PRECISION_CHOICES,
-            help="model variant (auto: int8 on CPU, fp16 on GPU, when the bundle has it)",
-        )
-        parser.add_argument(
-            "--threads", type=_thread_count, default=0, help="threads per model (0: the backend's default)"
         )
 
     @classmethod
@@ -243,7 +248,8 @@ def choose_precision(available: Sequence[str], requested: str, provider: str) ->
     return FALLBACK_PRECISION if FALLBACK_PRECISION in available else available[0]
 
 
-def _resolved_provider(backend: Any, requested: str) -> str:
+def resolved_provider(backend: Any, requested: str) -> str:
+    """The provider ``requested`` names, or for auto the backend's first available one (cpu when none)."""
     if requested != "auto":
         return requested
     available = backend.available_providers()
@@ -339,7 +345,7 @@ def component_trt_profiles(manifest: Manifest, name: str, limits: ShapeLimits) -
         ) from e
 
 
-def _session_options(
+def component_backend_options(
     manifest: Manifest, chosen: Mapping[str, str], options: LoadOptions, provider: str
 ) -> dict[str, BackendOptions]:
     """The BackendOptions of each component (name -> chosen precision): on TensorRT, with its profile,
@@ -373,7 +379,7 @@ def open_sessions(
         )
     names = [*required, *(name for name in optional if name in manifest.components)]
     backend = get_backend(options.backend)
-    provider = _resolved_provider(backend, options.provider)
+    provider = resolved_provider(backend, options.provider)
     chosen = {name: choose_precision(manifest.components[name].precisions, options.precision, provider) for name in names}
     if options.precision != "auto":
         lacking = [name for name, precision in chosen.items() if precision != options.precision]
@@ -384,7 +390,7 @@ def open_sessions(
             )
         for name in lacking:
             logger.warning("%s has no %s variant; loading %s", name, options.precision, chosen[name])
-    backend_options = _session_options(manifest, chosen, options, provider)
+    backend_options = component_backend_options(manifest, chosen, options, provider)
     sessions = {}
     for name in names:
         path = bundle.checked_component_path(name, chosen[name])

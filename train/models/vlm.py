@@ -4,7 +4,8 @@ Data path (``forward_features`` shows it end to end)::
 
     pixels (B, 3, H, W) -> conv stem -> (B, G*G, Ce) tokens of 2**len(stem_channels) px each
       -> + 2D sin-cos positions -> bidirectional blocks -> image tokens (B, G*G, Ce)
-      -> projector: pixel shuffle s x s, Linear -> image embeds (B, N_img, Cd), N_img = (G/s)^2
+      -> projector: pixel shuffle s x s, Linear (+ learned memory positions) -> image embeds
+         (B, N_img, Cd), N_img = (G/s)^2
       -> per decoder layer, cross-attention K/V computed once from the image embeds
     token ids (B, T) -> embeddings + learned positions -> causal blocks (self-attn, cross-attn to
       the image, GELU MLP) -> logits (B, T, V), tied to the token embedding
@@ -29,6 +30,11 @@ Design choices, with the facts from DESIGN.md that drove them:
   knows every object, so this supervises binding directly at the token level.
 - Contrastive text encoder: shares the decoder's token and position embeddings, then
   ``text_enc_layers`` bidirectional blocks and a masked mean pool (0 layers: pooled embeddings).
+  The image side max-pools the encoder tokens per channel (``image_pool``): a scene's label names
+  one object, and a mean over every cell mostly measures the background.
+- Memory positions (``memory_positions``): a learned vector per image embed, added after the
+  projector. The encoder's sin-cos positions are still linearly readable at its output, but the
+  decoder learned "where is the ..." answers slowly from them (near chance after 2,000 steps).
 
 Export pieces take and return flat tuples of tensors ordered (layer0.key, layer0.value,
 layer1.key, ...), the order of optimum's ``past_key_values.{i}.key|value`` names.
@@ -62,6 +68,10 @@ CLIP_INIT_TEMPERATURE = 0.07
 CLIP_MAX_LOGIT_SCALE = 100.0
 IMAGE_CHANNELS = 3  # RGB
 STEM_KERNEL = 3  # pixels, kernel of every stem conv
+IMAGE_POOLS = ("mean", "max")
+# What the presets train with. The field defaults keep older checkpoints (mean pool, no memory
+# positions) loading as they were trained.
+PRESET_HEADS = dict(image_pool="max", memory_positions=True)
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,8 @@ class VLMConfig:
     mlp_ratio: int = 4  # MLP hidden width / block width, in every transformer block
     dropout: float = 0.0  # dropout on embeddings, attention weights and residual branches
     aux_attribute_classes: tuple[int, ...] = ()  # classes per auxiliary attribute ("none" included); () disables
+    image_pool: str = "mean"  # contrastive image embedding from the tokens' "mean" or per-channel "max"
+    memory_positions: bool = False  # add a learned position per image embed to the decoder's memory
 
     def __post_init__(self) -> None:
         ints = ("image_size", "enc_dim", "enc_layers", "enc_heads", "pixel_shuffle", "dec_dim", "dec_layers",
@@ -110,6 +122,10 @@ class VLMConfig:
                 raise ValueError(f"VLMConfig.{dim}={getattr(self, dim)} is not divisible by {heads}={getattr(self, heads)}")
         if self.enc_dim % 4:
             raise ValueError(f"VLMConfig.enc_dim={self.enc_dim} must be divisible by 4 for the 2D sin-cos positions")
+        if self.image_pool not in IMAGE_POOLS:
+            raise ValueError(f"VLMConfig.image_pool={self.image_pool!r} must be one of {IMAGE_POOLS}")
+        if not isinstance(self.memory_positions, bool):
+            raise ValueError(f"VLMConfig.memory_positions={self.memory_positions!r} must be true or false")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"VLMConfig.dropout={self.dropout!r} must be in [0, 1)")
 
@@ -132,7 +148,7 @@ class VLMConfig:
     def student(cls, **overrides) -> "VLMConfig":
         """~1.8M parameters (<= 2.2M: fp32 and int8 bundles together within 20 MB): 8x8 tokens of 8 px
         at 64x64, 2 encoder blocks, 3 decoder blocks of width 128."""
-        return cls(**{**_field_defaults(cls), **overrides})
+        return cls(**{**_field_defaults(cls), **PRESET_HEADS, **overrides})
 
     @classmethod
     def teacher(cls, **overrides) -> "VLMConfig":
@@ -142,7 +158,7 @@ class VLMConfig:
         train on a CPU within the recipe's budget and run its forward during distillation."""
         preset = dict(stem_channels=(48, 96, 192), enc_dim=256, enc_layers=6, enc_heads=8, dec_dim=192, dec_layers=4,
                       dec_heads=6)
-        return cls(**{**_field_defaults(cls), **preset, **overrides})
+        return cls(**{**_field_defaults(cls), **PRESET_HEADS, **preset, **overrides})
 
     @classmethod
     def tiny(cls, **overrides) -> "VLMConfig":
@@ -150,7 +166,7 @@ class VLMConfig:
         preset = dict(image_size=32, stem_channels=(8, 16), pixel_shuffle=2, enc_dim=32, enc_layers=2, enc_heads=2,
                       dec_dim=32, dec_layers=2, dec_heads=2, vocab_size=64, max_text_len=24, text_enc_layers=1,
                       embed_dim=16)
-        return cls(**{**_field_defaults(cls), **preset, **overrides})
+        return cls(**{**_field_defaults(cls), **PRESET_HEADS, **preset, **overrides})
 
     @classmethod
     def from_dict(cls, data) -> "VLMConfig":
@@ -216,11 +232,14 @@ class Projector(nn.Module):
         super().__init__()
         self.grid, self.s, self.enc_dim = cfg.grid_size, cfg.pixel_shuffle, cfg.enc_dim
         self.proj = nn.Linear(cfg.enc_dim * cfg.pixel_shuffle**2, cfg.dec_dim)
+        # Learned, zero at start: where each embed lies, in a form the decoder reads directly.
+        self.positions = nn.Parameter(torch.zeros(cfg.num_image_tokens, cfg.dec_dim)) if cfg.memory_positions else None
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         g, s, c = self.grid // self.s, self.s, self.enc_dim
         x = tokens.reshape(-1, g, s, g, s, c).permute(0, 1, 3, 2, 4, 5)  # (B, g, g, s, s, Ce)
-        return self.proj(x.reshape(-1, g * g, s * s * c))  # (B, g*g, Cd)
+        embeds = self.proj(x.reshape(-1, g * g, s * s * c))  # (B, g*g, Cd)
+        return embeds if self.positions is None else embeds + self.positions
 
 
 class DecoderBlock(nn.Module):
@@ -434,10 +453,14 @@ class VisionLanguageModel(nn.Module):
 
     # ---- contrastive head ----
     def _pool_image(self, image_tokens: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image_proj(image_tokens.mean(dim=1)), dim=-1)  # (B, E)
+        # Max pooling keeps each object's features whatever the background around it; a mean over
+        # 64 cells dilutes a small object (a linear probe on a mean-pool student's frozen tokens
+        # found a present label 53% of the time with mean pooling, 76% with max).
+        pooled = image_tokens.amax(dim=1) if self.config.image_pool == "max" else image_tokens.mean(dim=1)
+        return F.normalize(self.image_proj(pooled), dim=-1)  # (B, E)
 
     def embed_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) float32 -> (B, embed_dim) L2-normalised: mean-pooled tokens + Linear."""
+        """(B, 3, H, W) float32 -> (B, embed_dim) L2-normalised: pooled tokens (config.image_pool) + Linear."""
         self._check_pixels(pixel_values)
         return self._pool_image(self.image_encoder(pixel_values)[0])
 
