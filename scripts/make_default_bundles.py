@@ -99,12 +99,19 @@ def mb(size: int) -> str:
     return f"{size / BYTES_PER_MB:.2f} MB"
 
 
+def from_root(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside (the export runs there): the bundles'
+    provenance then names train/students/vlm, not a path on the machine that built them."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else str(resolved)
+
+
 def export(target: Target, out: Path, precisions: str, threads: int) -> None:
     """``python -m export`` of ``target`` into ``out`` (its progress bar goes to this stderr)."""
-    command = [sys.executable, "-m", "export", str(target.checkpoint), "--out", str(out), "--name", target.name,
-               "--precision", precisions, "--threads", str(threads), "--golden-batch", str(GOLDEN_BATCH)]
+    command = [sys.executable, "-m", "export", from_root(target.checkpoint), "--out", from_root(out), "--name",
+               target.name, "--precision", precisions, "--threads", str(threads), "--golden-batch", str(GOLDEN_BATCH)]
     if target.data is not None:
-        command += ["--data", str(target.data)]
+        command += ["--data", from_root(target.data)]
     logger.info("exporting %s from %s: %s", target.name, target.checkpoint, " ".join(command[1:]))
     code = subprocess.run(command, cwd=ROOT, check=False).returncode
     if code != 0:

@@ -163,3 +163,8 @@ def test_build_exports_verifies_and_installs_both_bundles(script, checkpoints, t
     vlm = tinymm.load(out / "scene-vlm", threads=1)
     assert vlm.name == "scene-vlm" and set(vlm.bundle.manifest.components["image_encoder"].precisions) == {"fp32", "int8"}
     assert tinymm.load(out / "speech-commands", threads=1).family == "speech"
+
+
+def test_paths_inside_the_repository_are_recorded_relative_to_it(script, tmp_path):
+    assert script.from_root(script.ROOT / "train" / "students" / "vlm") == "train/students/vlm"
+    assert script.from_root(tmp_path / "ckpt") == str((tmp_path / "ckpt").resolve())
