@@ -20,14 +20,10 @@ from export.__main__ import main as export_main  # noqa: E402
 from tinymm.bundle import read_bundle  # noqa: E402
 from tinymm.cli import main as tinymm_main  # noqa: E402
 from tinymm.errors import EXIT_BAD_INPUT, EXIT_BUNDLE, EXIT_TOLERANCE  # noqa: E402
-from train.checkpoint import save_checkpoint  # noqa: E402
-from train.data.scene_dataset import generate_example  # noqa: E402
 from train.data.scene_language import all_labels  # noqa: E402
-from train.data.scene_render import RenderConfig  # noqa: E402
-from train.data.scene_world import WorldConfig  # noqa: E402
-from train.models import SpeechConfig, SpeechCTCModel, VisionLanguageModel, VLMConfig  # noqa: E402
-from train.speech_tokenizer import SpeechTokenizerConfig, train_speech_tokenizer  # noqa: E402
-from train.vlm_tokenizer import scene_corpus, train_tokenizer  # noqa: E402
+from train.checkpoint import save_checkpoint  # noqa: E402
+from train.models import VLMConfig  # noqa: E402
+from tiny_runs import write_tiny_checkpoints  # noqa: E402
 
 # One torch thread: on a busy 2-core machine, two spin-waiting threads make tiny forwards 10x slower.
 THREADS = ["--threads", "1", "--no-progress"]
@@ -45,17 +41,8 @@ def _restore_torch_threads():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A VLM run (tokenizer next to the checkpoint's parent) and a speech run (OUT/tokenizer/, as the recipe)."""
-    root = tmp_path_factory.mktemp("runs")
-    annotations = [generate_example(WorldConfig(), RenderConfig(), 0, 0, i)[1] for i in range(12)]
-    train_tokenizer(scene_corpus(annotations, all_labels()), root / "vlm", vocab_size=64, context_length=24)
-    torch.manual_seed(0)
-    vlm = VisionLanguageModel(VLMConfig.tiny())
-    save_checkpoint(root / "vlm" / "final", vlm, vlm.config, step=7, extra={"val_loss": 1.5})
-    train_speech_tokenizer(TRANSCRIPTS, root / "speech" / "tokenizer" / "speech.model",
-                           SpeechTokenizerConfig(vocab_size=12, model_type="char"))
-    speech = SpeechCTCModel(SpeechConfig.tiny())
-    save_checkpoint(root / "speech" / "final", speech, speech.config, step=3)
-    return root
+    return write_tiny_checkpoints(tmp_path_factory.mktemp("runs"), TRANSCRIPTS, vlm_step=7, speech_step=3,
+                                  vlm_extra={"val_loss": 1.5})
 
 
 @pytest.fixture(scope="module")

@@ -34,15 +34,9 @@ from export.task_eval_gate import LARGEST_DROP, build_int8_variants  # noqa: E40
 from onnx import numpy_helper  # noqa: E402
 from tinymm.bundle import read_bundle  # noqa: E402
 from tinymm.errors import EXIT_USAGE  # noqa: E402
-from train.checkpoint import save_checkpoint  # noqa: E402
-from train.data.scene_dataset import build_specs, generate_example, write_dataset  # noqa: E402
-from train.data.scene_language import all_labels  # noqa: E402
-from train.data.scene_render import RenderConfig  # noqa: E402
-from train.data.scene_world import WorldConfig  # noqa: E402
+from train.data.scene_dataset import build_specs, write_dataset  # noqa: E402
 from train.data.speech_dataset import write_wav  # noqa: E402
-from train.models import SpeechConfig, SpeechCTCModel, VisionLanguageModel, VLMConfig  # noqa: E402
-from train.speech_tokenizer import SpeechTokenizerConfig, train_speech_tokenizer  # noqa: E402
-from train.vlm_tokenizer import scene_corpus, train_tokenizer  # noqa: E402
+from tiny_runs import write_tiny_checkpoints  # noqa: E402
 
 THREADS = ["--threads", "1", "--no-progress"]
 TRANSCRIPTS = ["turn left", "go forward two meters", "stop", "what do you see", "turn right please", "stop"]
@@ -62,18 +56,9 @@ def _one_torch_thread():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny VLM and speech checkpoints with tokenizers, a 4-scene test split and a 6-clip speech test split."""
-    root = tmp_path_factory.mktemp("runs")
-    annotations = [generate_example(WorldConfig(), RenderConfig(), 0, 0, i)[1] for i in range(12)]
-    train_tokenizer(scene_corpus(annotations, all_labels()), root / "vlm", vocab_size=64, context_length=24)
-    torch.manual_seed(0)
-    vlm = VisionLanguageModel(VLMConfig.tiny())
-    save_checkpoint(root / "vlm" / "final", vlm, vlm.config, step=1)
+    root = write_tiny_checkpoints(tmp_path_factory.mktemp("runs"), TRANSCRIPTS)
     write_dataset(root / "scenes", build_specs({"test": 4}, size=64, seed=0), workers=1, progress=False)
     write_dataset(root / "val_only", build_specs({"val": 2}, size=64, seed=0), workers=1, progress=False)
-    train_speech_tokenizer(TRANSCRIPTS, root / "speech" / "tokenizer" / "speech.model",
-                           SpeechTokenizerConfig(vocab_size=12, model_type="char"))
-    speech = SpeechCTCModel(SpeechConfig.tiny())
-    save_checkpoint(root / "speech" / "final", speech, speech.config, step=1)
     clips = root / "speech_data" / "speech" / "test"
     (clips / "audio").mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -186,9 +186,9 @@ def test_memory_positions_are_added_to_the_decoder_memory():
 
 def test_configs_saved_before_the_pool_and_memory_options_load_as_trained():
     old = dataclasses.asdict(VLMConfig.tiny())
-    del old["image_pool"], old["memory_positions"]
+    del old["image_pool"], old["memory_positions"], old["image_pool_hidden"]
     cfg = VLMConfig.from_dict(old)
-    assert cfg.image_pool == "mean" and cfg.memory_positions is False
+    assert cfg.image_pool == "mean" and cfg.memory_positions is False and cfg.image_pool_hidden == 0
 
 
 def test_logit_scale_starts_at_clip_value_and_is_clamped():
@@ -300,3 +300,15 @@ def test_decode_with_past_exports_to_onnx(tmp_path):
     want = [logits.numpy()] + [t.numpy() for t in present]
     assert [g.shape for g in got] == [w.shape for w in want]
     assert max(abs(g - w).max() for g, w in zip(got, want)) <= ONNX_ATOL
+
+
+def test_a_pool_mlp_widens_the_image_projection():
+    model = _model(image_pool_hidden=24)
+    assert model.image_pool_mlp is not None and model.image_proj.in_features == 24
+    with torch.no_grad():
+        embedding = model.embed_image(_pixels(model.config, batch=2))
+    assert embedding.shape == (2, model.config.embed_dim)
+    torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(2))
+    assert _model().image_pool_mlp is None
+    with pytest.raises(ValueError, match="image_pool_hidden"):
+        VLMConfig.tiny(image_pool_hidden=-1)

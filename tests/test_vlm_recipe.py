@@ -15,6 +15,7 @@ TINY_SIZE = 32  # pixels: the tiny preset's image side
 TINY_SCENES = 32
 TINY_STEPS = 10  # per stage; the loop logs at step 1 and every 10 steps
 EVAL_SCENES = 4
+HEAD_STEPS = 15  # zero-shot head steps per model
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def tiny_run(tmp_path_factory) -> Path:
                               str(TINY_SCENES), "--eval-scenes", str(EVAL_SCENES), "--max-steps", str(TINY_STEPS),
                               "--budget-minutes", "10", "--batch-size", "4", "--texts-per-image", "2",
                               "--workers", "1", "--pseudo-scenes", "4", "--questions-per-type", "2",
-                              "--threads", "1", "--no-progress"])
+                              "--head-steps", str(HEAD_STEPS), "--threads", "1", "--no-progress"])
     assert run(args) == 0
     return out
 
@@ -41,6 +42,27 @@ def scenes_and_tokenizer(tiny_run):
     from train.vlm_tokenizer import load_tokenizer
 
     return SceneDataset(tiny_run, "train"), load_tokenizer(tiny_run / "tokenizer", MAX_TEXT_LEN["tiny"])
+
+
+def test_zero_shot_heads_are_tuned_evaluated_and_leave_the_decoder_alone(tiny_run):
+    import torch
+
+    from train.checkpoint import load_checkpoint
+    from train.models.vlm import VisionLanguageModel, VLMConfig
+    from train.recipes.vlm import HEAD_DIR, STAGE_DIRS, evaluated_checkpoint
+
+    results = json.loads((tiny_run / "results.json").read_text())
+    for name, stage in STAGE_DIRS.items():
+        assert evaluated_checkpoint(tiny_run / stage) == tiny_run / stage / HEAD_DIR
+        head = results["models"][name]["zero_shot_head"]
+        assert head["steps"] == HEAD_STEPS and 0.0 <= head["check_top1"]["after"] <= 1.0
+        assert results["models"][name]["config"]["image_pool_hidden"] > 0
+        assert results["models"][name]["test"]["weights_sha256"]
+    final, _, _ = load_checkpoint(tiny_run / "distill" / "final", VisionLanguageModel, VLMConfig)
+    tuned, _, _ = load_checkpoint(tiny_run / "distill" / HEAD_DIR, VisionLanguageModel, VLMConfig)
+    pixels = torch.zeros(1, 3, TINY_SIZE, TINY_SIZE)
+    ids = torch.tensor([[1, 5, 7, 9]])
+    torch.testing.assert_close(tuned(pixels, ids), final(pixels, ids), atol=0, rtol=0)
 
 
 def test_recipe_writes_every_stage_and_result(tiny_run):

@@ -96,6 +96,7 @@ class VLMConfig:
     aux_attribute_classes: tuple[int, ...] = ()  # classes per auxiliary attribute ("none" included); () disables
     image_pool: str = "mean"  # contrastive image embedding from the tokens' "mean" or per-channel "max"
     memory_positions: bool = False  # add a learned position per image embed to the decoder's memory
+    image_pool_hidden: int = 0  # > 0: a per-token Linear + GELU of this width before the pool (0: none)
 
     def __post_init__(self) -> None:
         ints = ("image_size", "enc_dim", "enc_layers", "enc_heads", "pixel_shuffle", "dec_dim", "dec_layers",
@@ -124,6 +125,8 @@ class VLMConfig:
             raise ValueError(f"VLMConfig.enc_dim={self.enc_dim} must be divisible by 4 for the 2D sin-cos positions")
         if self.image_pool not in IMAGE_POOLS:
             raise ValueError(f"VLMConfig.image_pool={self.image_pool!r} must be one of {IMAGE_POOLS}")
+        if not is_int_at_least(self.image_pool_hidden, 0):
+            raise ValueError(f"VLMConfig.image_pool_hidden={self.image_pool_hidden!r} must be an integer >= 0")
         if not isinstance(self.memory_positions, bool):
             raise ValueError(f"VLMConfig.memory_positions={self.memory_positions!r} must be true or false")
         if not 0.0 <= self.dropout < 1.0:
@@ -341,7 +344,12 @@ class VisionLanguageModel(nn.Module):
         )
         self.text_ln = nn.LayerNorm(config.dec_dim)
         self.text_proj = nn.Linear(config.dec_dim, config.embed_dim, bias=False)
-        self.image_proj = nn.Linear(config.enc_dim, config.embed_dim, bias=False)
+        # Per-token features before the pool: a max over cells of colour and shape features separately
+        # cannot say which colour went with which shape; a nonlinear feature per cell can.
+        pool_width = config.image_pool_hidden or config.enc_dim
+        self.image_pool_mlp = (nn.Sequential(nn.Linear(config.enc_dim, pool_width), nn.GELU())
+                               if config.image_pool_hidden else None)
+        self.image_proj = nn.Linear(pool_width, config.embed_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / CLIP_INIT_TEMPERATURE)))
         n_aux = sum(config.aux_attribute_classes)
         self.aux_head = nn.Linear(config.enc_dim, n_aux) if n_aux else None
@@ -453,6 +461,8 @@ class VisionLanguageModel(nn.Module):
 
     # ---- contrastive head ----
     def _pool_image(self, image_tokens: torch.Tensor) -> torch.Tensor:
+        if self.image_pool_mlp is not None:
+            image_tokens = self.image_pool_mlp(image_tokens)  # (B, G*G, image_pool_hidden)
         # Max pooling keeps each object's features whatever the background around it; a mean over
         # 64 cells dilutes a small object (a linear probe on a mean-pool student's frozen tokens
         # found a present label 53% of the time with mean pooling, 76% with max).

@@ -1,4 +1,5 @@
-"""The vision-language recipe: scenes -> tokenizer -> teacher -> distilled student, scratch student -> eval.
+"""The vision-language recipe: scenes -> tokenizer -> teacher -> distilled student, scratch student ->
+zero-shot heads -> eval.
 
 ``python -m train vlm --out runs/vlm [--budget-minutes M] [--scenes N] [--size 64] [--preset tiny|default]``
 
@@ -13,8 +14,10 @@ Stages, each skipped when its outputs exist and resumed from its latest checkpoi
    temperature on the same prompts, sequence-level KD on the teacher's checked greedy captions,
    hidden-state matching through projections, TinyCLIP affinity distillation.
 5. ``OUT/scratch``: the same student, data and budget, without the teacher.
-6. ``OUT/eval``: each model on the test and heldout splits; ``OUT/results.json`` and
-   ``OUT/results.md`` (also printed).
+6. ``OUT/<stage>/zero_shot_head``: each model's contrastive head retrained on its locked image
+   tokens (``train/vlm_head_tuning.py``, --head-steps; captions and answers are unchanged).
+7. ``OUT/eval``: each model (its zero_shot_head checkpoint when there is one) on the test and
+   heldout splits; ``OUT/results.json`` and ``OUT/results.md`` (also printed).
 
 The training budget (--budget-minutes) goes 50% to the teacher and 30% to the distilled student.
 The scratch student is compared at equal steps on the same data: it runs the distilled student's
@@ -38,7 +41,8 @@ from typing import Any
 import torch
 
 from tinymm.preprocess.text import Tokenizer
-from train.checkpoint import load_checkpoint
+from tinymm.hashing import sha256_file
+from train.checkpoint import WEIGHTS_FILE, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from train.data.scene_dataset import SCENES_DIR, SceneDataset, build_specs, write_dataset
 from train.data.scene_language import all_labels
 from train.loop import seed_everything, set_threads, setup_device
@@ -47,6 +51,7 @@ from train.models.layers import param_count
 from train.models.vlm import VisionLanguageModel, VLMConfig
 from train.vlm_data import AUX_CLASSES, TaskMix, VLMSceneDataset
 from train.vlm_eval import EvalOptions, evaluate, pseudo_captions
+from train.vlm_head_tuning import HeadTuningOptions, tune_zero_shot_head
 from train.vlm_tokenizer import TOKENIZER_FILE, load_tokenizer, scene_corpus, train_tokenizer
 from train.vlm_train import FINAL_DIR, LossWeights, StageOptions, train_stage
 
@@ -63,6 +68,7 @@ EVAL_SPLITS = ("test", "heldout")
 MODELS = ("teacher", "distilled", "scratch")
 STAGE_DIRS = {"teacher": "teacher", "distilled": "distill", "scratch": "scratch"}
 PSEUDO_FILE = "pseudo_captions.json"
+HEAD_DIR = "zero_shot_head"  # the checkpoint with the retrained contrastive head, next to FINAL_DIR
 SCRATCH_COMPARISON = ("equal steps on the same data: the scratch student runs the distilled student's step count, "
                       "seeing the same images at every step, without the teacher")
 
@@ -91,6 +97,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions-per-type", type=int, default=300, help="VQA questions per type evaluated (default 300)")
     p.add_argument("--pseudo-scenes", type=int, default=2000,
                    help="training scenes the teacher captions for sequence-level KD (default 2000; 0 disables)")
+    p.add_argument("--head-steps", type=int, default=HeadTuningOptions.steps,
+                   help=f"steps retraining each model's zero-shot head on locked image tokens "
+                        f"(default {HeadTuningOptions.steps}; 0 skips the stage)")
+    p.add_argument("--head-scenes", type=int, default=HeadTuningOptions.scenes,
+                   help=f"training scenes the zero-shot head is retrained on (default {HeadTuningOptions.scenes})")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--precision", default="auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -172,20 +183,50 @@ def make_pseudo_captions(out: Path, teacher: VisionLanguageModel, tokenizer: Tok
     return kept
 
 
+def tune_heads(out: Path, dataset: VLMSceneDataset, check: VLMSceneDataset, args: argparse.Namespace,
+               device: torch.device) -> None:
+    """Stage 6: OUT/<stage>/zero_shot_head for every model that lacks it (none with --head-steps 0);
+    zero-shot top-1 before and after is measured on ``check`` (the val split)."""
+    if args.head_steps == 0:
+        return
+    options = HeadTuningOptions(steps=args.head_steps, scenes=args.head_scenes, seed=args.seed)
+    for name in MODELS:
+        stage_dir = out / STAGE_DIRS[name]
+        if (stage_dir / HEAD_DIR / "config.json").is_file():
+            continue
+        meta = read_checkpoint_meta(stage_dir / FINAL_DIR)
+        tuned, summary = tune_zero_shot_head(_load(stage_dir / FINAL_DIR), dataset, options, device,
+                                             show_progress=not args.no_progress, check=check)
+        save_checkpoint(stage_dir / HEAD_DIR, tuned, tuned.config, step=meta["step"],
+                        extra={**meta.get("extra", {}), "zero_shot_head": summary})
+
+
+def evaluated_checkpoint(stage_dir: Path) -> Path:
+    """The checkpoint a stage is evaluated (and shipped) from: its zero-shot head one when present."""
+    return stage_dir / HEAD_DIR if (stage_dir / HEAD_DIR / "config.json").is_file() else stage_dir / FINAL_DIR
+
+
 def evaluate_all(out: Path, tokenizer: Tokenizer, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    """Stage 6: every model on every eval split, cached per (model, split) in OUT/eval."""
+    """Stage 7: every model on every eval split, cached per (model, split) in OUT/eval; a cached
+    result of other weights (e.g. before the zero-shot head stage) is measured again."""
     results: dict[str, Any] = {}
     options = EvalOptions(max_questions_per_type=args.questions_per_type)
     for name in MODELS:
         stage_dir = out / STAGE_DIRS[name]
-        model = _load(stage_dir / FINAL_DIR)
-        entry: dict[str, Any] = {"params": param_count(model), "config": dataclasses.asdict(model.config)}
+        checkpoint = evaluated_checkpoint(stage_dir)
+        weights = sha256_file(checkpoint / WEIGHTS_FILE)
+        model = _load(checkpoint)
+        entry: dict[str, Any] = {"params": param_count(model), "config": dataclasses.asdict(model.config),
+                                 "checkpoint": str(checkpoint)}
         stage_file = stage_dir / "stage.json"
         entry["training"] = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
+        entry["zero_shot_head"] = read_checkpoint_meta(checkpoint).get("extra", {}).get("zero_shot_head")
         for split in EVAL_SPLITS:
             path = out / "eval" / f"{name}_{split}.json"
-            if not path.is_file():
-                metrics = evaluate(model, tokenizer, SceneDataset(out, split), options, device)
+            cached = json.loads(path.read_text()) if path.is_file() else {}
+            if cached.get("weights_sha256") != weights:
+                metrics = {**evaluate(model, tokenizer, SceneDataset(out, split), options, device),
+                           "weights_sha256": weights}
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(metrics, indent=2) + "\n")
             entry[split] = json.loads(path.read_text())
@@ -245,6 +286,9 @@ def run(args: argparse.Namespace) -> int:
                 _stage_options(args, "scratch", setup.device, max_steps=distill_steps), weights, setup,
                 show_progress=show)
 
+    val = VLMSceneDataset(SceneDataset(out, "val"), tokenizer, args.size, configs["student"].patch_size, TaskMix(),
+                          None, args.seed)
+    tune_heads(out, dataset(), val, args, setup.device)
     models = evaluate_all(out, tokenizer, args, setup.device)
     results = {
         "command": _command_line(),
