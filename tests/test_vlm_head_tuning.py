@@ -31,9 +31,10 @@ def dataset(tmp_path_factory) -> VLMSceneDataset:
     return VLMSceneDataset(scenes, tokenizer, SIZE, VLMConfig.tiny().patch_size, TaskMix(), None, 0)
 
 
-def _model(dataset: VLMSceneDataset) -> VisionLanguageModel:
+def _model(dataset: VLMSceneDataset, **overrides) -> VisionLanguageModel:
     torch.manual_seed(0)
-    return VisionLanguageModel(VLMConfig.tiny(vocab_size=dataset.tokenizer.vocab_size, max_text_len=CONTEXT))
+    return VisionLanguageModel(VLMConfig.tiny(vocab_size=dataset.tokenizer.vocab_size, max_text_len=CONTEXT,
+                                              **overrides))
 
 
 def _clip_loss(model: VisionLanguageModel, dataset: VLMSceneDataset) -> float:
@@ -48,6 +49,7 @@ def test_with_pool_mlp_keeps_every_trained_weight_but_the_image_projection(datas
     model = _model(dataset)
     widened = with_pool_mlp(model, hidden=24, seed=0)
     assert widened.config.image_pool_hidden == 24 and widened.image_proj.in_features == 24
+    assert with_pool_mlp(_model(dataset, image_pool="mean"), hidden=24, seed=0).config.image_pool == "max"
     old, new = model.state_dict(), widened.state_dict()
     for key, value in old.items():
         if not key.startswith("image_proj."):

@@ -64,10 +64,11 @@ class HeadTuningOptions:
 
 
 def with_pool_mlp(model: VisionLanguageModel, hidden: int, seed: int) -> VisionLanguageModel:
-    """A copy of ``model`` whose config has ``image_pool_hidden=hidden``: every trained weight is
-    kept except the image projection, which the new MLP's width replaces (seeded fresh init)."""
+    """A copy of ``model`` whose config has ``image_pool_hidden=hidden`` and a max pool: every
+    trained weight is kept except the image projection, which the new MLP's width replaces (seeded
+    fresh init). Models trained with a mean pool get the max pool too; the head is new anyway."""
     torch.manual_seed(seed)
-    widened = VisionLanguageModel(dataclasses.replace(model.config, image_pool_hidden=hidden))
+    widened = VisionLanguageModel(dataclasses.replace(model.config, image_pool_hidden=hidden, image_pool="max"))
     state = {k: v for k, v in model.state_dict().items()
              if not k.startswith(("image_proj.", "image_pool_mlp."))}
     missing, unexpected = widened.load_state_dict(state, strict=False)
