@@ -148,7 +148,7 @@ def tune_zero_shot_head(model: VisionLanguageModel, dataset: VLMSceneDataset, op
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     for p in tuned.parameters():
         p.requires_grad_(True)
     tuned.eval()
