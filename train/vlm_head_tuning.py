@@ -157,7 +157,7 @@ def tune_zero_shot_head(model: VisionLanguageModel, dataset: VLMSceneDataset, op
                "options": dataclasses.asdict(options),
                "loss_first": float(np.mean(losses[:window])) if losses else None,
                "loss_last": float(np.mean(losses[-window:])) if losses else None,
-               "logit_scale": float(tuned.logit_scale_value())}
+               "logit_scale": tuned.logit_scale_value().item()}
     if check is not None:
         summary["check_top1"] = {"scenes": min(check_scenes, len(check)), "before": before,
                                  "after": zero_shot_top1_on(tuned, check, check_scenes, device)}
