@@ -138,7 +138,6 @@ class TaskEvaluator(ABC):
     """
 
     metric: str  # the main metric's key
-    higher_is_better: bool  # of the main metric
     lower_is_better: tuple[str, ...] = ()  # metric keys where lower is better (e.g. error rates)
     columns: tuple[tuple[str, str], ...]  # (metric key, heading) shown in the model card
 
@@ -179,6 +178,11 @@ class TaskEvaluator(ABC):
     def higher_is_better_of(self, metric: str) -> bool:
         """Whether a higher value of `metric` is better."""
         return metric not in self.lower_is_better
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a higher value of the main metric is better."""
+        return self.higher_is_better_of(self.metric)
 
     def _sessions(self, paths: Mapping[str, Path]) -> dict[str, Session]:
         """Fresh onnxruntime CPU sessions (loading takes a fraction of an evaluation; keeping every

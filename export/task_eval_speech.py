@@ -36,7 +36,6 @@ class SpeechTaskEvaluator(TaskEvaluator):
     """The first `count` clips of `data_dir`'s test split that fit the model's longest input."""
 
     metric = METRIC
-    higher_is_better = False
     lower_is_better = ("wer", "cer")
     columns = (("wer", "WER"), ("cer", "CER"), ("intent_accuracy", "intent accuracy"))
 
@@ -92,7 +91,7 @@ class SpeechTaskEvaluator(TaskEvaluator):
 
         metrics = {"wer": points(s.wer), "cer": points(s.cer), "sentence_accuracy": points(s.sentence_accuracy),
                    "intent_accuracy": points(s.intent_accuracy)}
-        return TaskScores(METRIC, False, metrics, tuple(outputs))
+        return TaskScores(METRIC, self.higher_is_better, metrics, tuple(outputs))
 
     def _evaluate(self, paths: Mapping[str, Path], digests: Mapping[str, str]) -> TaskScores:
         return self._run_pipeline(self._sessions(paths))

@@ -64,7 +64,6 @@ class VLMTaskEvaluator(TaskEvaluator):
     captions); the first max(count, ZERO_SHOT_SCENES) scenes and the full label set (zero-shot)."""
 
     metric = METRIC
-    higher_is_better = True
     columns = (("vqa_accuracy", "VQA accuracy"), ("caption_fact_accuracy", "caption facts"),
                ("zero_shot_top1", "zero-shot top-1"))
 
@@ -129,7 +128,7 @@ class VLMTaskEvaluator(TaskEvaluator):
             "zero_shot_top1": POINTS * zero_shot_top1(similarity, self.label_sets),
             **{f"vqa.{kind}": POINTS * value for kind, value in vqa.items() if kind != "overall"},
         }
-        return TaskScores(METRIC, True, metrics, tuple(outputs))
+        return TaskScores(METRIC, self.higher_is_better, metrics, tuple(outputs))
 
     def _evaluate(self, paths: Mapping[str, Path], digests: Mapping[str, str]) -> TaskScores:
         generation = tuple((c, digests.get(c, "")) for c in GENERATION)

@@ -143,14 +143,6 @@ def run_golden(
     return GoldenResult(component, precision, session.provider, compare_outputs(outputs, got), tolerance)
 
 
-def _backend_options(manifest: Any, component: str, precision: str, options: LoadOptions, provider: str) -> Any:
-    """What ``tinymm.load`` would load the component with: on TensorRT, with its optimization
-    profile, the engine cache and the variant's precision flag."""
-    from tinymm.pipelines.loading import component_backend_options
-
-    return component_backend_options(manifest, {component: precision}, options, provider)[component]
-
-
 def _checks(bundle: "Bundle", precision: str) -> list[tuple["GoldenPair", str]]:
     """(golden pair, precision) for every check to run; InputError when none is at ``precision``."""
     manifest = bundle.manifest
@@ -181,7 +173,7 @@ def verify_golden(
     load_options gives the TensorRT engine cache settings (default: tinymm.load's defaults).
     Raises BundleError for a bad golden file, BackendError when a model cannot be loaded or run.
     """
-    from tinymm.pipelines.loading import resolved_provider
+    from tinymm.pipelines.loading import component_backend_options, resolved_provider
 
     options = load_options or LoadOptions()
     chosen_provider = resolved_provider(backend, provider)
@@ -190,7 +182,9 @@ def verify_golden(
     for pair, p in _checks(bundle, precision):
         key = (pair.component, p)
         if key not in sessions:
-            backend_options = _backend_options(bundle.manifest, pair.component, p, options, chosen_provider)
+            # What tinymm.load gives the variant: on TensorRT, its profile, the engine cache and precision flag.
+            backend_options = component_backend_options(bundle.manifest, {pair.component: p}, options,
+                                                        chosen_provider)[pair.component]
             sessions[key] = backend.load(bundle.component_path(pair.component, p), backend_options)
         inputs, outputs = bundle.golden_arrays(pair)
         results.append(run_golden(sessions[key], inputs, outputs, component=pair.component, precision=p,

@@ -43,7 +43,7 @@ import torch
 
 from tinymm.preprocess.text import Tokenizer
 from tinymm.hashing import sha256_file
-from train.checkpoint import WEIGHTS_FILE, load_checkpoint, read_checkpoint_meta, save_checkpoint
+from train.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
 from train.data.scene_dataset import SCENES_DIR, SceneDataset, build_specs, write_dataset
 from train.data.scene_language import all_labels
 from train.loop import seed_everything, set_threads, setup_device
@@ -195,8 +195,8 @@ def tune_heads(out: Path, dataset: VLMSceneDataset, check: VLMSceneDataset, args
         stage_dir = out / STAGE_DIRS[name]
         if (stage_dir / HEAD_DIR / "config.json").is_file():
             continue
-        meta = read_checkpoint_meta(stage_dir / FINAL_DIR)
-        tuned, summary = tune_zero_shot_head(_load(stage_dir / FINAL_DIR), dataset, options, device,
+        model, _, meta = load_checkpoint(stage_dir / FINAL_DIR, VisionLanguageModel, VLMConfig)
+        tuned, summary = tune_zero_shot_head(model, dataset, options, device,
                                              show_progress=not args.no_progress, check=check)
         save_checkpoint(stage_dir / HEAD_DIR, tuned, tuned.config, step=meta["step"],
                         extra={**meta.get("extra", {}), "zero_shot_head": summary})
@@ -216,12 +216,12 @@ def evaluate_all(out: Path, tokenizer: Tokenizer, args: argparse.Namespace, devi
         stage_dir = out / STAGE_DIRS[name]
         checkpoint = evaluated_checkpoint(stage_dir)
         weights = sha256_file(checkpoint / WEIGHTS_FILE)
-        model = _load(checkpoint)
+        model, _, meta = load_checkpoint(checkpoint, VisionLanguageModel, VLMConfig)
         entry: dict[str, Any] = {"params": param_count(model), "config": dataclasses.asdict(model.config),
                                  "checkpoint": str(checkpoint)}
         stage_file = stage_dir / "stage.json"
         entry["training"] = json.loads(stage_file.read_text()) if stage_file.is_file() else {}
-        entry["zero_shot_head"] = read_checkpoint_meta(checkpoint).get("extra", {}).get("zero_shot_head")
+        entry["zero_shot_head"] = meta.get("extra", {}).get("zero_shot_head")
         for split in EVAL_SPLITS:
             path = out / "eval" / f"{name}_{split}.json"
             cached = json.loads(path.read_text()) if path.is_file() else {}
