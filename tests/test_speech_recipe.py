@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -109,6 +110,34 @@ def test_tiny_recipe_end_to_end(tmp_path, capsys) -> None:
     assert main(argv) == 0
     assert (out / "teacher" / "final" / "model.safetensors").stat().st_mtime_ns == mtime
     assert json.loads((out / "results.json").read_text())["models"]["teacher"]["test"] == models["teacher"]["test"]
+
+    # Distil again from that teacher given as a finished checkpoint with its tokenizer (as the
+    # committed train/teachers/speech is): no teacher stage, the same tokenizer, a new student.
+    committed = tmp_path / "committed"
+    shutil.copytree(out / "teacher" / "final", committed)
+    shutil.copytree(out / "tokenizer", committed / "tokenizer")
+    again = tmp_path / "again"
+    shutil.copytree(out / "data", again / "data")  # the same seed and counts would write the same clips
+    assert main(argv[:2] + [str(again), "--teacher", str(committed)] + argv[3:]) == 0
+    assert not (again / "teacher").exists()
+    assert (again / "tokenizer" / "speech.model").read_bytes() == (out / "tokenizer" / "speech.model").read_bytes()
+    redone = json.loads((again / "results.json").read_text())["models"]
+    assert redone["teacher"]["test"] == models["teacher"]["test"]
+    assert redone["student_kd"]["steps"] == redone["student_scratch"]["steps"] == 12
+
+
+def test_a_teacher_needs_its_own_tokenizer(tmp_path) -> None:
+    from tinymm.errors import InputError
+    from train.recipes.speech import adopt_teacher_tokenizer
+
+    with pytest.raises(InputError, match="no tokenizer/speech.model"):
+        adopt_teacher_tokenizer(tmp_path / "teacher", tmp_path / "out" / "tokenizer")
+    (tmp_path / "teacher" / "tokenizer").mkdir(parents=True)
+    (tmp_path / "teacher" / "tokenizer" / "speech.model").write_bytes(b"teacher's")
+    (tmp_path / "out" / "tokenizer").mkdir(parents=True)
+    (tmp_path / "out" / "tokenizer" / "speech.model").write_bytes(b"another")
+    with pytest.raises(InputError, match="differs from the teacher's"):
+        adopt_teacher_tokenizer(tmp_path / "teacher", tmp_path / "out" / "tokenizer")
 
 
 def test_lexicon_file_round_trips_the_training_words(tmp_path) -> None:

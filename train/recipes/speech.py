@@ -20,7 +20,9 @@ Stages (each skips when its output exists, and a training stage resumes from its
 
 The training budget (``--budget-minutes``) is shared: the teacher gets TEACHER_SHARE of it and
 the distilled student STUDENT_SHARE; the scratch student runs the distilled student's step count
-(capped at the same time).
+(capped at the same time). With ``--teacher DIR`` (a finished teacher checkpoint with its
+tokenizer, such as the committed ``train/teachers/speech``) the teacher stage is not run, the
+tokenizer is the teacher's, and the teacher's share of the budget goes to the distilled student.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ import json
 import logging
 import os
 import platform
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,16 +47,16 @@ from tinymm.decoding.grammar import ROBOT_COMMANDS, GrammarDecoder, GrammarHypot
 from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
 from tinymm.intent import IntentParser, normalize_transcript
-from tinymm.preprocess.audio import AudioPreprocessor
 from tinymm.preprocess.config import AudioConfig
 from train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state, read_checkpoint_meta, \
     save_checkpoint, step_dir_name
-from train.data.speech_dataset import SPLITS, SpeechDataset, write_speech_dataset
+from train.data.speech_dataset import SPLITS, SpeechDataset
 from train.loop import MetricsLogger, TimeBudget, progress, seed_everything, set_lr, set_threads, warmup_cosine_lr
 from train.losses import ctc_posterior_kd_loss, hidden_match_loss
 from train.metrics_speech import score_transcripts
 from train.models.layers import key_padding_mask, param_count
 from train.models.speech import CTC_BLANK_ID, SpeechConfig, SpeechCTCModel, SpeechOutput
+from train.speech_features import FeatureSet, batches, collate, ensure_data, ensure_features, load_features
 from train.speech_tokenizer import GRAMMAR_FILE, LEXICON_FILE, MODEL_TYPES, SpeechTokenizerConfig, \
     load_speech_tokenizer, read_grammar, read_lexicon, train_speech_tokenizer, write_grammar, write_lexicon
 
@@ -133,93 +136,6 @@ def model_configs(preset: str, vocab_size: int, teacher_width: int | None = None
     if teacher_layers is not None:
         teacher = dataclasses.replace(teacher, layers=teacher_layers)
     return teacher, student
-
-
-# ----------------------------------------------------------------------------------------------
-# Data: clips, features, labels
-
-
-def ensure_data(out: Path, train_clips: int, eval_clips: int, seed: int, workers: int, show: bool) -> Path:
-    """Write OUT/data/speech unless a dataset with these counts and seed is there; returns OUT/data."""
-    data_dir = out / "data"
-    counts = {"train": train_clips, "val": eval_clips, "test": eval_clips}
-    meta_path = data_dir / "speech" / "meta.json"
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        if meta.get("counts") != counts or meta.get("seed") != seed:
-            raise InputError(f"{meta_path} has counts {meta.get('counts')} and seed {meta.get('seed')}, not {counts} "
-                             f"and {seed}; pass the same --clips/--eval-clips/--seed or another --out")
-        return data_dir
-    logger.info("stage data: synthesizing %s clips", counts)
-    write_speech_dataset(data_dir, counts, seed=seed, workers=workers, overwrite=True, progress=show,
-                         command=f"python -m train speech (counts {counts}, seed {seed})")
-    return data_dir
-
-
-@dataclass
-class FeatureSet:
-    """One split in memory: log-mels, transcripts, intents and label ids."""
-
-    features: list[np.ndarray]  # per clip (n_mels, T_i) float16
-    transcripts: list[str]
-    intents: list[dict | None]
-    labels: list[list[int]]  # token ids, no blank
-
-    def __len__(self) -> int:
-        return len(self.features)
-
-
-def ensure_features(data_dir: Path, out: Path, split: str, audio: AudioConfig, show: bool) -> Path:
-    """Compute log-mels once with the runtime's preprocessor: OUT/features/{split}_{n_mels}.npz."""
-    path = out / "features" / f"{split}_{audio.n_mels}mel.npz"
-    if path.is_file():
-        return path
-    dataset = SpeechDataset(data_dir, split)
-    pre = AudioPreprocessor(audio)
-    clips = [pre.features(wave).T.astype(np.float16) for wave, _ in progress(dataset, enabled=show, desc=f"log-mel {split}")]
-    offsets = np.cumsum([0] + [c.shape[0] for c in clips]).astype(np.int64)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, frames=np.concatenate(clips), offsets=offsets)  # frames (sum T_i, n_mels) float16
-    os.replace(tmp, path)
-    return path
-
-
-def load_features(data_dir: Path, features_path: Path, split: str, tokenizer) -> FeatureSet:
-    with np.load(features_path) as npz:
-        frames, offsets = npz["frames"], npz["offsets"]
-    items = SpeechDataset(data_dir, split).items
-    if len(items) != len(offsets) - 1:
-        raise InputError(f"{features_path} has {len(offsets) - 1} clips but the {split} manifest {len(items)}; "
-                         f"delete {features_path} so that it is recomputed")
-    feats = [frames[offsets[i]:offsets[i + 1]].T for i in range(len(items))]
-    transcripts = [normalize_transcript(item["transcript"]) for item in items]
-    return FeatureSet(feats, transcripts, [item.get("intent") for item in items],
-                      [tokenizer.encode(t) for t in transcripts])
-
-
-def batches(data: FeatureSet, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Endless shuffled batches of clip indices, similar lengths together (less padding)."""
-    lengths = np.array([f.shape[1] for f in data.features])
-    pool = batch_size * 32
-    while True:
-        order = rng.permutation(len(data))
-        chunks = []
-        for start in range(0, len(order), pool):
-            part = order[start:start + pool]
-            part = part[np.argsort(lengths[part], kind="stable")]
-            chunks += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-        for k in rng.permutation(len(chunks)):
-            yield chunks[k]
-
-
-def collate(data: FeatureSet, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip indices -> features (B, n_mels, T_max) float32 (zero padded) and lengths (B,) int64."""
-    lengths = torch.tensor([data.features[i].shape[1] for i in idx], dtype=torch.int64)
-    x = torch.zeros(len(idx), data.features[idx[0]].shape[0], int(lengths.max()))
-    for row, i in enumerate(idx):
-        x[row, :, : lengths[row]] = torch.from_numpy(data.features[i].astype(np.float32))
-    return x, lengths
 
 
 def spec_augment(x: torch.Tensor, lengths: torch.Tensor, cfg: SpecAugmentConfig, gen: torch.Generator) -> torch.Tensor:
@@ -477,6 +393,22 @@ def grammar_decoder(tokenizer_path: Path, tokenizer) -> GrammarDecoder | None:
     return decoder
 
 
+def adopt_teacher_tokenizer(teacher_dir: Path, tokenizer_dir: Path) -> None:
+    """Copy a committed teacher's tokenizer files (DIR/tokenizer) to OUT/tokenizer; a different
+    tokenizer already there is an error, since the student must share the teacher's output ids."""
+    source = teacher_dir / "tokenizer"
+    if not (source / "speech.model").is_file():
+        raise InputError(f"--teacher {teacher_dir} has no tokenizer/speech.model; pass a checkpoint directory "
+                         f"with its tokenizer, such as train/teachers/speech")
+    tokenizer_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.iterdir()):
+        target = tokenizer_dir / path.name
+        if not target.is_file():
+            shutil.copyfile(path, target)
+        elif target.read_bytes() != path.read_bytes():
+            raise InputError(f"{target} differs from the teacher's {path}; use another --out for this teacher")
+
+
 # ----------------------------------------------------------------------------------------------
 # Command line
 
@@ -492,6 +424,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help=f"training time of all stages: teacher {TEACHER_SHARE * 100:.0f}%%, student {STUDENT_SHARE * 100:.0f}%%, "
                         "scratch the student's steps (default: 90, or none with --max-steps)")
     p.add_argument("--max-steps", type=int, default=None, help="steps per stage (teacher and student)")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="a trained teacher checkpoint with its tokenizer in DIR/tokenizer (e.g. train/teachers/speech): "
+                        "no teacher stage, and its share of the budget goes to the distilled student")
     p.add_argument("--teacher-width", type=int, default=None, help="teacher d_model (default: the preset's)")
     p.add_argument("--teacher-layers", type=int, default=None, help="teacher blocks (default: the preset's)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per step")
@@ -524,6 +459,8 @@ def run(args: argparse.Namespace) -> int:
     data_dir = ensure_data(out, args.clips, args.eval_clips, args.seed, args.workers, show)
 
     tokenizer_path = out / "tokenizer" / "speech.model"
+    if args.teacher is not None:
+        adopt_teacher_tokenizer(args.teacher, tokenizer_path.parent)
     if not tokenizer_path.is_file():
         logger.info("stage tokenizer")
         train_speech_tokenizer((item["transcript"] for item in SpeechDataset(data_dir, "train").items), tokenizer_path,
@@ -549,17 +486,25 @@ def run(args: argparse.Namespace) -> int:
         return SpeechCTCModel(config)
 
     common = dict(out=out, train=splits["train"], val=splits["val"], tokenizer=tokenizer, show=show)
-    finals = {"teacher": train_stage("teacher", model=fresh(teacher_cfg, args.seed),
-                                     cfg=stage_config(TEACHER_SHARE, args.max_steps, args.seed), **common)}
+    if args.teacher is not None:
+        finals = {"teacher": args.teacher}
+        student_share = STUDENT_SHARE + TEACHER_SHARE
+    else:
+        finals = {"teacher": train_stage("teacher", model=fresh(teacher_cfg, args.seed),
+                                         cfg=stage_config(TEACHER_SHARE, args.max_steps, args.seed), **common)}
+        student_share = STUDENT_SHARE
     teacher, _, _ = load_checkpoint(finals["teacher"], SpeechCTCModel, SpeechConfig)
+    if teacher.config.vocab_size != tokenizer.vocab_size:
+        raise InputError(f"the teacher {finals['teacher']} has {teacher.config.vocab_size} output ids but the "
+                         f"tokenizer {tokenizer_path} {tokenizer.vocab_size}; use the teacher's tokenizer")
     distill = DistillConfig(kd_weight=args.kd_weight, temperature=args.kd_temperature, hidden_weight=args.hidden_weight)
     student_seed = args.seed + 1  # both students start from the same weights and see the same batches
     student = fresh(student_cfg, student_seed)
     finals["student_kd"] = train_stage("student_kd", model=student, distiller=Distiller(teacher, student_cfg, distill),
-                                       cfg=stage_config(STUDENT_SHARE, args.max_steps, student_seed), **common)
+                                       cfg=stage_config(student_share, args.max_steps, student_seed), **common)
     kd_steps = read_checkpoint_meta(finals["student_kd"])["step"]
     finals["student_scratch"] = train_stage("student_scratch", model=fresh(student_cfg, student_seed),
-                                            cfg=stage_config(STUDENT_SHARE, kd_steps, student_seed), **common)
+                                            cfg=stage_config(student_share, kd_steps, student_seed), **common)
 
     logger.info("stage evaluate")
     models = evaluate(finals, {"test": splits["test"], "val": splits["val"]}, tokenizer, show, lexicon, grammar)
