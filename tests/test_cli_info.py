@@ -91,6 +91,22 @@ def test_missing_bundle_path(tmp_path: Path, capsys) -> None:
     assert code == 4 and "does not exist" in err
 
 
+def test_info_and_verify_take_a_default_bundle_name(tiny_bundle: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import shutil
+
+    import tinymm.pipelines.loading as loading
+
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tiny_bundle, shipped / "tiny-default")
+    monkeypatch.setattr(loading, "DEFAULT_BUNDLES_DIR", shipped)
+    code, out, _ = _run(capsys, "info", "tiny-default", "--json")
+    assert code == 0 and json.loads(out)["root"] == str(shipped / "tiny-default")
+    code, out, _ = _run(capsys, "verify", "tiny-default", "--json")
+    assert code == 0 and json.loads(out)["ok"]
+    code, _, err = _run(capsys, "info", "no-such-bundle")
+    assert code == 4 and "default bundles: tiny-default" in err
+
+
 def test_usage_errors_exit_2(capsys) -> None:
     code, out, err = _run(capsys, "info")
     assert code == 2 and "required: bundle" in err and out == ""

@@ -63,6 +63,20 @@ def test_layer_pairs_end_at_the_last_blocks() -> None:
     assert DistillConfig(hidden_layers=5).layer_pairs(2, 3) == [(0, 1), (1, 2)]
 
 
+def test_annealed_distillation_ends_on_the_ground_truth() -> None:
+    from train.recipes.speech import Distiller
+
+    teacher_cfg, student_cfg = model_configs("tiny", vocab_size=20)
+    teacher = SpeechCTCModel(teacher_cfg)
+    losses = {"ctc": torch.tensor(2.0), "kd": torch.tensor(3.0), "hidden": torch.tensor(4.0)}
+    constant = Distiller(teacher, student_cfg, DistillConfig())
+    assert float(constant.total(losses, 0.9)) == pytest.approx(2.0 + 3.0 + 0.5 * 4.0)
+    annealed = Distiller(teacher, student_cfg, DistillConfig(anneal=True))
+    assert float(annealed.total(losses, 0.0)) == pytest.approx(2.0 + 3.0 + 0.5 * 4.0)
+    assert float(annealed.total(losses, 0.75)) == pytest.approx(2.0 + 0.25 * (3.0 + 0.5 * 4.0))
+    assert float(annealed.total(losses, 1.0)) == pytest.approx(2.0)
+
+
 def test_model_configs_teacher_overrides() -> None:
     teacher, student = model_configs("tiny", 20, teacher_width=64, teacher_layers=4)
     assert (teacher.d_model, teacher.ff_dim, teacher.layers, teacher.vocab_size) == (64, 256, 4, 20)

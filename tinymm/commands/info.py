@@ -29,7 +29,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="describe a bundle and verify its checksums",
         description="Describe a bundle (directory or .tar/.tar.gz/.tgz archive) and verify every file's sha256.",
     )
-    parser.add_argument("bundle", help="bundle directory (holding manifest.json) or bundle archive")
+    parser.add_argument("bundle", help="bundle directory (holding manifest.json), bundle archive, or the name of "
+                        "a default bundle (scene-vlm, speech-commands)")
     parser.add_argument("--no-verify", action="store_true", help="skip hashing the files (sizes are still checked)")
     return parser
 
@@ -170,8 +171,9 @@ def describe_json(bundle: "Bundle", report: "VerifyReport | None") -> dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     from tinymm.bundle import read_bundle, verify_bundle
+    from tinymm.pipelines.loading import resolve_bundle
 
-    with read_bundle(args.bundle, verify_checksums=False) as bundle:
+    with read_bundle(resolve_bundle(args.bundle), verify_checksums=False) as bundle:
         report = None if args.no_verify else verify_bundle(bundle)
         if args.json:
             sys.stdout.write(json.dumps(describe_json(bundle, report), indent=2, ensure_ascii=False) + "\n")

@@ -200,7 +200,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "and compare each output with its tolerance (max abs error, cosine). Exit 0 when all pass, "
         f"{EXIT_TOLERANCE} when an output is outside its tolerance, 4 for a bad bundle, 5 for a backend error.",
     )
-    parser.add_argument("bundle", help="bundle directory (holding manifest.json) or bundle archive")
+    parser.add_argument("bundle", help="bundle directory (holding manifest.json), bundle archive, or the name of "
+                        "a default bundle (scene-vlm, speech-commands)")
     parser.add_argument("--backend", default="onnxruntime",
                         help="inference backend, as tinymm.backends.known_backends() names them (default onnxruntime)")
     parser.add_argument("--provider", default="auto", choices=PROVIDER_CHOICES, help="execution provider")
@@ -236,8 +237,9 @@ def render_text(bundle: "Bundle", backend_name: str, results: Sequence[GoldenRes
 def run(args: argparse.Namespace) -> int:
     from tinymm.backends import get_backend
     from tinymm.bundle import read_bundle, verify_bundle
+    from tinymm.pipelines.loading import resolve_bundle
 
-    with read_bundle(args.bundle, verify_checksums=False) as bundle:
+    with read_bundle(resolve_bundle(args.bundle), verify_checksums=False) as bundle:
         verify_bundle(bundle)  # checksums, interfaces and golden shapes before running anything
         backend = get_backend(args.backend)
         load_options = LoadOptions(cache_dir=args.cache_dir, engine_cache=args.engine_cache)

@@ -112,6 +112,10 @@ class DistillConfig:
     temperature: float = 2.0  # softens the teacher's peaky CTC posteriors
     hidden_weight: float = 0.5
     hidden_layers: int = 3  # student blocks matched to teacher blocks, spaced evenly, last to last
+    # The teacher's terms fall linearly to 0 over the stage: a student that outgrows a weaker
+    # teacher ends on the ground truth alone (train/RESULTS.md: with a constant weight, a student
+    # trained 3x longer than its teacher was no better than its scratch twin).
+    anneal: bool = False
 
     def layer_pairs(self, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
         """(student block, teacher block) 0-based pairs at evenly spaced relative depths, ending at both last blocks."""
@@ -231,9 +235,14 @@ class Distiller:
         return {"kd": ctc_posterior_kd_loss(out.log_probs, target.log_probs, out.lengths, self.cfg.temperature),
                 "hidden": sum(hidden) / len(hidden)}
 
-    def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
-        return (self.cfg.ctc_weight * losses["ctc"] + self.cfg.kd_weight * losses["kd"]
-                + self.cfg.hidden_weight * losses["hidden"])
+    def teacher_scale(self, progress: float) -> float:
+        """Factor on the teacher's terms at ``progress`` (0..1) of the stage."""
+        return max(0.0, 1.0 - progress) if self.cfg.anneal else 1.0
+
+    def total(self, losses: dict[str, torch.Tensor], progress: float = 0.0) -> torch.Tensor:
+        scale = self.teacher_scale(progress)
+        return (self.cfg.ctc_weight * losses["ctc"]
+                + scale * (self.cfg.kd_weight * losses["kd"] + self.cfg.hidden_weight * losses["hidden"]))
 
 
 def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, val: FeatureSet, tokenizer,
@@ -292,7 +301,7 @@ def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, 
             losses = {"ctc": ctc_loss(out.log_probs, out.lengths, [train.labels[i] for i in idx])}
             if distiller is not None:
                 losses.update(distiller.losses(out, x, lengths))
-            loss = distiller.total(losses) if distiller is not None else losses["ctc"]
+            loss = distiller.total(losses, fraction) if distiller is not None else losses["ctc"]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -305,6 +314,8 @@ def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, 
                 means = {k: round(float(np.mean(v)), 4) for k, v in running.items()}
                 first_loss = means["loss"] if first_loss is None else first_loss
                 last_loss = means["loss"]
+                if distiller is not None:
+                    means["teacher_scale"] = round(distiller.teacher_scale(fraction), 4)
                 metrics.log(step, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm), **means)
                 bar.set_postfix(loss=means["loss"])
                 running = {}
@@ -440,6 +451,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--kd-temperature", type=float, default=DistillConfig.temperature)
     p.add_argument("--kd-weight", type=float, default=DistillConfig.kd_weight)
     p.add_argument("--hidden-weight", type=float, default=DistillConfig.hidden_weight)
+    p.add_argument("--kd-anneal", action=argparse.BooleanOptionalAction, default=DistillConfig.anneal,
+                   help="the teacher's loss terms fall linearly to 0 over the distilled student's stage")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="minutes between resume checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps per metrics.jsonl row")
     p.add_argument("--seed", type=int, default=0)
@@ -497,7 +510,8 @@ def run(args: argparse.Namespace) -> int:
     if teacher.config.vocab_size != tokenizer.vocab_size:
         raise InputError(f"the teacher {finals['teacher']} has {teacher.config.vocab_size} output ids but the "
                          f"tokenizer {tokenizer_path} {tokenizer.vocab_size}; use the teacher's tokenizer")
-    distill = DistillConfig(kd_weight=args.kd_weight, temperature=args.kd_temperature, hidden_weight=args.hidden_weight)
+    distill = DistillConfig(kd_weight=args.kd_weight, temperature=args.kd_temperature, hidden_weight=args.hidden_weight,
+                             anneal=args.kd_anneal)
     student_seed = args.seed + 1  # both students start from the same weights and see the same batches
     student = fresh(student_cfg, student_seed)
     finals["student_kd"] = train_stage("student_kd", model=student, distiller=Distiller(teacher, student_cfg, distill),
