@@ -10,7 +10,7 @@ Stages (each skips when its output exists, and a training stage resumes from its
 2. tokenizer OUT/tokenizer/speech.model     sentencepiece (characters by default) on the training
                                             transcripts, pad 0 = blank
 3. teacher   OUT/teacher/final              ``SpeechConfig.teacher()``, CTC + SpecAugment
-4. student   OUT/student_kd/final           ``SpeechConfig.student()``: CTC + CTC-posterior KD at a
+4. student   OUT/student_kd/final           ``SpeechConfig.student()``: CTC + (annealed to 0) CTC-posterior KD at a
                                             temperature + hidden-state matching through projections
 5. scratch   OUT/student_scratch/final      the same student, same init, data order and steps, CTC only
 6. evaluate  OUT/results.json, results.md   greedy CTC decoding on test (and val): WER, CER, intents,
@@ -112,10 +112,10 @@ class DistillConfig:
     temperature: float = 2.0  # softens the teacher's peaky CTC posteriors
     hidden_weight: float = 0.5
     hidden_layers: int = 3  # student blocks matched to teacher blocks, spaced evenly, last to last
-    # The teacher's terms fall linearly to 0 over the stage: a student that outgrows a weaker
-    # teacher ends on the ground truth alone (train/RESULTS.md: with a constant weight, a student
-    # trained 3x longer than its teacher was no better than its scratch twin).
-    anneal: bool = False
+    # The teacher's terms fall linearly to 0 over the stage, so that a student that outgrows its
+    # teacher ends on the ground truth alone (train/RESULTS.md: trained 3x longer than its teacher,
+    # a student with constant weights lost to its scratch twin; annealed, it beat it).
+    anneal: bool = True
 
     def layer_pairs(self, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
         """(student block, teacher block) 0-based pairs at evenly spaced relative depths, ending at both last blocks."""
@@ -452,7 +452,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--kd-weight", type=float, default=DistillConfig.kd_weight)
     p.add_argument("--hidden-weight", type=float, default=DistillConfig.hidden_weight)
     p.add_argument("--kd-anneal", action=argparse.BooleanOptionalAction, default=DistillConfig.anneal,
-                   help="the teacher's loss terms fall linearly to 0 over the distilled student's stage")
+                   help="the teacher's loss terms fall linearly to 0 over the distilled student's stage "
+                        "(default; --no-kd-anneal keeps them constant)")
     p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="minutes between resume checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps per metrics.jsonl row")
     p.add_argument("--seed", type=int, default=0)
