@@ -96,6 +96,71 @@ def test_losses_fall_and_distillation_terms_are_logged(tiny_run):
     assert {"kd_logit", "hidden", "affinity"} <= set(distill)
 
 
+def test_teacher_terms_anneal_to_zero_over_the_distillation_stage(tiny_run):
+    from train.vlm_train import TEACHER_TERMS, LossWeights, annealed_teacher_scale
+
+    weights = LossWeights()  # annealed by default
+    assert [annealed_teacher_scale(weights, p) for p in (0.0, 0.25, 1.0)] == [1.0, 0.75, 0.0]
+    assert annealed_teacher_scale(LossWeights(teacher_anneal=False), 0.9) == 1.0
+    rows = [json.loads(line) for line in (tiny_run / "distill" / "train_log.jsonl").read_text().splitlines()]
+    assert rows[0]["teacher_scale"] == 1.0 and rows[-1]["teacher_scale"] == pytest.approx(1.0 - rows[-1]["progress"])
+    for row in rows:  # the logged total is the weighted sum with the teacher's terms scaled
+        plain = sum(getattr(weights, k) * row[k] for k in ("lm", "contrastive", "aux", "ground"))
+        taught = sum(getattr(weights, k) * row[k] for k in TEACHER_TERMS)
+        assert row["total"] == pytest.approx(plain + row["teacher_scale"] * taught, abs=2e-3)
+    scratch = json.loads((tiny_run / "scratch" / "train_log.jsonl").read_text().splitlines()[-1])
+    assert scratch["teacher_scale"] == 0.0 and "kd_logit" not in scratch
+
+
+def test_committed_teacher_and_init_student_continue_both_students(tiny_run, tmp_path):
+    import dataclasses
+    import shutil
+
+    from tinymm.errors import InputError
+    from train.recipes.vlm import adopt_teacher, add_arguments, new_student, run
+
+    committed = tmp_path / "teacher"  # laid out as train/teachers/vlm: the checkpoint and tokenizer/
+    shutil.copytree(tiny_run / "teacher" / "final", committed)
+    shutil.copytree(tiny_run / "tokenizer", committed / "tokenizer")
+    out = tmp_path / "continued"
+    out.mkdir()
+    (out / "scenes").symlink_to(tiny_run / "scenes")
+    init = tiny_run / "distill" / "final"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--out", str(out), "--preset", "tiny", "--size", str(TINY_SIZE), "--max-steps", "3",
+                              "--budget-minutes", "10", "--batch-size", "4", "--texts-per-image", "2",
+                              "--pseudo-scenes", "4", "--questions-per-type", "2", "--head-steps", "0",
+                              "--threads", "1", "--no-progress", "--teacher", str(committed),
+                              "--init-student", str(init)])
+    assert run(args) == 0
+    assert not (out / "teacher" / "train_log.jsonl").exists()  # no teacher stage
+    assert (out / "teacher" / "final" / "model.safetensors").read_bytes() == \
+        (committed / "model.safetensors").read_bytes()
+    (committed / "tokenizer" / "tokenizer.model").write_bytes(b"another tokenizer")
+    with pytest.raises(InputError, match="differs"):
+        adopt_teacher(committed, out)
+    with pytest.raises(InputError, match="train/teachers/vlm"):
+        adopt_teacher(tmp_path / "nowhere", out)
+    fresh_lm = json.loads((tiny_run / "distill" / "train_log.jsonl").read_text().splitlines()[0])["lm"]
+    for stage in ("distill", "scratch"):
+        first = json.loads((out / stage / "train_log.jsonl").read_text().splitlines()[0])
+        assert first["lm"] < fresh_lm, stage  # step 1 is scored with the trained weights, not a fresh model's
+    results = json.loads((out / "results.json").read_text())
+    assert results["init_student"] == str(init) and results["teacher"] == str(committed)
+    assert results["stage_shares"]["distill"] == 0.8
+    assert results["models"]["distilled"]["training"]["steps"] == 3
+
+    from train.checkpoint import load_checkpoint
+    from train.models.vlm import VisionLanguageModel, VLMConfig
+
+    _, config, _ = load_checkpoint(init, VisionLanguageModel, VLMConfig)
+    with pytest.raises(InputError, match="vocab_size"):
+        new_student(dataclasses.replace(config, vocab_size=config.vocab_size + 1), init)
+    with pytest.raises(InputError, match="no config.json"):
+        new_student(config, tmp_path)
+
+
 def test_rerun_skips_finished_stages(tiny_run):
     from train.recipes.vlm import add_arguments, run
 

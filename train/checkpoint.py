@@ -215,3 +215,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
         if child.name.startswith(STEP_DIR_PREFIX) and suffix.isdigit() and (child / CONFIG_FILE).is_file():
             found.append((int(suffix), child))
     return max(found)[1] if found else None
+
+
+def adopt_files(source: Path, target: Path, hint: str) -> None:
+    """Copy every file of ``source`` into ``target`` once (a run adopting a committed teacher or its
+    tokenizer); a different file already at ``target`` is an InputError ending in ``hint``, since the
+    run's other outputs were made with it."""
+    target.mkdir(parents=True, exist_ok=True)
+    # config.json last: a checkpoint directory with config.json is complete (the module docstring).
+    for path in sorted((p for p in source.iterdir() if p.is_file()), key=lambda p: (p.name == CONFIG_FILE, p.name)):
+        copy = target / path.name
+        if not copy.is_file():
+            shutil.copyfile(path, copy.with_name(copy.name + ".part"))
+            os.replace(copy.with_name(copy.name + ".part"), copy)
+        elif copy.read_bytes() != path.read_bytes():
+            raise InputError(f"{copy} differs from {path}; {hint}")

@@ -43,6 +43,7 @@ FINAL_DIR = "final"
 PROJECTIONS_FILE = "projections.pt"
 LOG_EVERY_STEPS = 10
 LENGTH_BUCKETS = 3  # groups of similar-length texts decoded separately (see forward_multi_text)
+TEACHER_TERMS = ("kd_logit", "hidden", "affinity")  # the loss terms that need a teacher
 IMAGE_STREAM, TEXT_STREAM = 0, 1  # random streams per step: which images, which texts about them
 
 
@@ -96,6 +97,9 @@ class LossWeights:
     affinity: float = 1.0  # TinyCLIP affinity mimicking of the image-label similarities
     affinity_temperature: float = 0.07  # CLIP temperature of the affinity distributions
     ground: float = 1.0  # supervised cross-attention of one head per decoder block to the named objects' cells
+    # The teacher's terms fall linearly to 0 over the stage, so a student that outgrows its teacher
+    # ends on the ground truth alone (constant weights cost the speech student; train/RESULTS.md).
+    teacher_anneal: bool = True
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -219,8 +223,9 @@ def forward_multi_text(model: VisionLanguageModel, pixel_values: torch.Tensor, i
 
 def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], label_ids: torch.Tensor,
                    label_mask: torch.Tensor, weights: LossWeights, teacher: VisionLanguageModel | None = None,
-                   projections: Projections | None = None) -> dict[str, torch.Tensor]:
-    """Every loss term of one batch (see the module docstring and ``collate``) and their weighted ``total``."""
+                   projections: Projections | None = None, teacher_scale: float = 1.0) -> dict[str, torch.Tensor]:
+    """Every loss term of one batch (see the module docstring and ``collate``) and their weighted ``total``;
+    the teacher's terms are weighted by ``teacher_scale`` on top of their weights."""
     out = forward_multi_text(model, batch["pixel_values"], batch["input_ids"], batch["image_index"],
                              batch["attention_mask"], with_grounding=weights.ground > 0)
     labels = batch["labels"]
@@ -249,8 +254,14 @@ def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], l
         losses["affinity"] = affinity_distill_loss(out.image_embedding, label_embedding[pick],
                                                    t_out.image_embedding, t_label_embedding[pick],
                                                    weights.affinity_temperature)
-    losses["total"] = sum(getattr(weights, name) * value for name, value in losses.items())
+    losses["total"] = sum(getattr(weights, name) * value * (teacher_scale if name in TEACHER_TERMS else 1.0)
+                          for name, value in losses.items())
     return losses
+
+
+def annealed_teacher_scale(weights: LossWeights, progress: float) -> float:
+    """The factor on the teacher's terms at a stage progress in [0, 1]."""
+    return max(0.0, 1.0 - progress) if weights.teacher_anneal else 1.0
 
 
 def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
@@ -332,8 +343,9 @@ def train_stage(name: str, model: VisionLanguageModel, dataset: VLMSceneDataset,
             indices = pick_rng.choice(pool, size=options.batch_size, replace=len(pool) < options.batch_size)
             examples = [dataset.example(int(i), text_rng, options.texts_per_image) for i in indices]
             batch = _to_device(collate(examples, dataset.tokenizer.config.pad_id), device)
+            scale = annealed_teacher_scale(weights, frac) if teacher is not None else 0.0
             with setup.autocast():
-                losses = compute_losses(model, batch, label_ids, label_mask, weights, teacher, projections)
+                losses = compute_losses(model, batch, label_ids, label_mask, weights, teacher, projections, scale)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()
             scaler.unscale_(optimizer)
@@ -345,7 +357,7 @@ def train_stage(name: str, model: VisionLanguageModel, dataset: VLMSceneDataset,
             if step % LOG_EVERY_STEPS == 0 or step == first_step:
                 values = {k: round(float(v.detach()), 4) for k, v in losses.items()}
                 bar.set_postfix(loss=values["total"], lm=values["lm"])
-                log.log(step, lr=lr, grad_norm=float(grad_norm), progress=round(frac, 4),
+                log.log(step, lr=lr, grad_norm=float(grad_norm), progress=round(frac, 4), teacher_scale=round(scale, 4),
                         max_objects=int(dataset.object_counts[pool].max()), **values)
             if time.monotonic() - last_ckpt > options.checkpoint_minutes * 60.0:
                 previous = latest_checkpoint(out_dir)

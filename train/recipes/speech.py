@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +47,8 @@ from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
 from tinymm.intent import IntentParser, normalize_transcript
 from tinymm.preprocess.config import AudioConfig
-from train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state, read_checkpoint_meta, \
-    save_checkpoint, step_dir_name
+from train.checkpoint import adopt_files, latest_checkpoint, load_checkpoint, load_optimizer_state, \
+    read_checkpoint_meta, save_checkpoint, step_dir_name
 from train.data.speech_dataset import SPLITS, SpeechDataset
 from train.loop import MetricsLogger, TimeBudget, progress, seed_everything, set_lr, set_threads, warmup_cosine_lr
 from train.losses import ctc_posterior_kd_loss, hidden_match_loss
@@ -411,13 +410,7 @@ def adopt_teacher_tokenizer(teacher_dir: Path, tokenizer_dir: Path) -> None:
     if not (source / "speech.model").is_file():
         raise InputError(f"--teacher {teacher_dir} has no tokenizer/speech.model; pass a checkpoint directory "
                          f"with its tokenizer, such as train/teachers/speech")
-    tokenizer_dir.mkdir(parents=True, exist_ok=True)
-    for path in sorted(source.iterdir()):
-        target = tokenizer_dir / path.name
-        if not target.is_file():
-            shutil.copyfile(path, target)
-        elif target.read_bytes() != path.read_bytes():
-            raise InputError(f"{target} differs from the teacher's {path}; use another --out for this teacher")
+    adopt_files(source, tokenizer_dir, "use another --out for this teacher")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,6 +25,18 @@ step count on the same batches (the same images at every step; the seed fixes th
 distilled student's time; it has no teacher forward, so it needs less. Data generation, the
 zero-shot heads (about 10 minutes for the three models on 2 CPU threads) and evaluation come on
 top. CUDA with mixed precision is used when present.
+
+With --teacher DIR (a committed teacher such as ``train/teachers/vlm``, its tokenizer in
+DIR/tokenizer) the teacher is copied in as the finished stage 3 and its tokenizer as stage 2, and
+the teacher's share of the budget goes to the students.
+
+With --init-student CKPT both students start from that checkpoint's weights and config instead of
+a fresh model (a continuation of a trained student, e.g. the shipped ``train/students/vlm``): their
+peak learning rate is halved and the one-object curriculum is skipped; the scratch student is then
+the same continuation without the teacher.
+
+The teacher's loss terms (not its pseudo-captions, which stay in the data) fall linearly to 0 over
+the distillation stage unless --no-kd-anneal.
 """
 
 from __future__ import annotations
@@ -43,7 +55,8 @@ import torch
 
 from tinymm.preprocess.text import Tokenizer
 from tinymm.hashing import sha256_file
-from train.checkpoint import WEIGHTS_FILE, load_checkpoint, save_checkpoint
+from tinymm.errors import InputError
+from train.checkpoint import WEIGHTS_FILE, adopt_files, load_checkpoint, save_checkpoint
 from train.data.scene_dataset import SCENES_DIR, SceneDataset, build_specs, write_dataset
 from train.data.scene_language import all_labels
 from train.loop import seed_everything, set_threads, setup_device
@@ -61,7 +74,9 @@ logger = logging.getLogger(__name__)
 PRESETS = ("default", "tiny")
 DEFAULT_BUDGET_MINUTES = 100.0  # training only; with data, zero-shot heads and evaluation about 2 h on a 2-core CPU
 STAGE_SHARES = {"teacher": 0.5, "distill": 0.3, "scratch": 0.3}  # of the training budget; scratch: a cap
+ADOPTED_TEACHER_SHARES = {"teacher": 0.0, "distill": 0.8, "scratch": 0.8}  # with --teacher: no teacher stage
 STAGE_LR = {"teacher": 5e-4, "distill": 1e-3, "scratch": 1e-3}  # peak AdamW learning rates
+CONTINUATION_LR_FACTOR = 0.5  # on STAGE_LR for students started from --init-student (already trained)
 VOCAB_LIMIT = {"default": 512, "tiny": 128}  # most sentencepiece pieces
 MAX_TEXT_LEN = {"default": 64, "tiny": 48}  # decoder context, prompt included
 BATCH_SIZE = {"cpu": 32, "cuda": 128}  # images per step; each carries --texts-per-image texts
@@ -103,6 +118,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {HeadTuningOptions.steps}; 0 skips the stage)")
     p.add_argument("--head-scenes", type=int, default=HeadTuningOptions.scenes,
                    help=f"training scenes the zero-shot head is retrained on (default {HeadTuningOptions.scenes})")
+    p.add_argument("--teacher", type=Path, default=None, metavar="DIR",
+                   help="a trained teacher with its tokenizer in DIR/tokenizer (e.g. train/teachers/vlm): no teacher "
+                        "stage, and its share of the budget goes to the students")
+    p.add_argument("--init-student", type=Path, default=None, metavar="CKPT",
+                   help="start both students from this trained student checkpoint (a continuation; "
+                        "its config is kept, the lr halved, the curriculum skipped)")
+    p.add_argument("--kd-anneal", action=argparse.BooleanOptionalAction, default=LossWeights.teacher_anneal,
+                   help="let the teacher's loss terms fall linearly to 0 over the distillation stage "
+                        "(default; --no-kd-anneal keeps them constant)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--precision", default="auto", help="auto (bf16/fp16 autocast on CUDA, fp32 on CPU), fp32, bf16, fp16")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -147,6 +171,17 @@ def make_scenes(out: Path, args: argparse.Namespace) -> None:
     logger.info("scenes: %s", summary)
 
 
+def adopt_teacher(teacher_dir: Path, out: Path) -> None:
+    """--teacher: copy the teacher to OUT/teacher/final and its tokenizer to OUT/tokenizer, so that
+    stages 2 and 3 are found finished (a different tokenizer or teacher there is an error)."""
+    if not (teacher_dir / "config.json").is_file() or not (teacher_dir / "tokenizer" / TOKENIZER_FILE).is_file():
+        raise InputError(f"--teacher {teacher_dir}: needs config.json and tokenizer/{TOKENIZER_FILE}; pass a "
+                         f"checkpoint directory with its tokenizer, such as train/teachers/vlm")
+    hint = "use another --out for this teacher"
+    adopt_files(teacher_dir / "tokenizer", out / "tokenizer", hint)
+    adopt_files(teacher_dir, out / STAGE_DIRS["teacher"] / FINAL_DIR, hint)
+
+
 def make_tokenizer(out: Path, train: SceneDataset, preset: str) -> None:
     """Stage 2: train OUT/tokenizer unless it is there."""
     if (out / "tokenizer" / TOKENIZER_FILE).is_file():
@@ -164,10 +199,29 @@ def _load(path: Path) -> VisionLanguageModel:
 def _stage_options(args: argparse.Namespace, stage: str, device: torch.device,
                    max_steps: int | None = None) -> StageOptions:
     """A stage's options; max_steps (the scratch student's: the distilled student's count) overrides --max-steps."""
-    return StageOptions(budget_minutes=args.budget_minutes * STAGE_SHARES[stage],
+    continuation = args.init_student is not None and stage != "teacher"
+    shares = ADOPTED_TEACHER_SHARES if args.teacher is not None else STAGE_SHARES
+    return StageOptions(budget_minutes=args.budget_minutes * shares[stage],
                         max_steps=max_steps if max_steps is not None else args.max_steps,
                         batch_size=args.batch_size or BATCH_SIZE.get(device.type, BATCH_SIZE["cpu"]),
-                        texts_per_image=args.texts_per_image, lr=STAGE_LR[stage], seed=args.seed)
+                        texts_per_image=args.texts_per_image,
+                        lr=STAGE_LR[stage] * (CONTINUATION_LR_FACTOR if continuation else 1.0),
+                        curriculum_fraction=0.0 if continuation else StageOptions.curriculum_fraction, seed=args.seed)
+
+
+def new_student(config: VLMConfig, init: Path | None) -> VisionLanguageModel:
+    """A fresh student of ``config``, or the trained student at ``init`` when it fits the run's data and tokenizer."""
+    if init is None:
+        return VisionLanguageModel(config)
+    if not (init / "config.json").is_file():
+        raise InputError(f"--init-student {init}: no config.json there; give a checkpoint directory "
+                                f"such as train/students/vlm")
+    model = _load(init)
+    for field in ("image_size", "patch_size", "vocab_size", "max_text_len", "aux_attribute_classes"):
+        if getattr(model.config, field) != getattr(config, field):
+            raise InputError(f"--init-student {init}: its {field} is {getattr(model.config, field)!r} but this run "
+                             f"needs {getattr(config, field)!r} (same --size and tokenizer as the student's run)")
+    return model
 
 
 def make_pseudo_captions(out: Path, teacher: VisionLanguageModel, tokenizer: Tokenizer, train: SceneDataset,
@@ -263,27 +317,32 @@ def run(args: argparse.Namespace) -> int:
     logger.info("device %s, autocast %s", setup.device, setup.amp_dtype)
 
     make_scenes(out, args)
+    if args.teacher is not None:
+        adopt_teacher(args.teacher, out)
     train = SceneDataset(out, "train")
     make_tokenizer(out, train, args.preset)
     tokenizer = load_tokenizer(out / "tokenizer", MAX_TEXT_LEN[args.preset])
     configs = model_configs(args.preset, args.size, tokenizer.vocab_size)
-    weights = LossWeights()
+    weights = LossWeights(teacher_anneal=args.kd_anneal)
 
     def dataset(pseudo: dict[int, list[str]] | None = None) -> VLMSceneDataset:
         return VLMSceneDataset(train, tokenizer, args.size, configs["student"].patch_size, TaskMix(), pseudo, args.seed)
 
-    teacher_final = train_stage("teacher", VisionLanguageModel(configs["teacher"]), dataset(), out / "teacher",
-                                _stage_options(args, "teacher", setup.device), weights, setup, show_progress=show)
+    if args.teacher is not None:
+        teacher_final = out / STAGE_DIRS["teacher"] / FINAL_DIR  # adopted above
+    else:
+        teacher_final = train_stage("teacher", VisionLanguageModel(configs["teacher"]), dataset(), out / "teacher",
+                                    _stage_options(args, "teacher", setup.device), weights, setup, show_progress=show)
     distill_dir = out / STAGE_DIRS["distilled"]
     if not (distill_dir / FINAL_DIR / "config.json").is_file():
         teacher = _load(teacher_final)
         pseudo = make_pseudo_captions(out, teacher, tokenizer, train, args, setup.device)
         seed_everything(args.seed)
-        train_stage("distill", VisionLanguageModel(configs["student"]), dataset(pseudo), distill_dir,
+        train_stage("distill", new_student(configs["student"], args.init_student), dataset(pseudo), distill_dir,
                     _stage_options(args, "distill", setup.device), weights, setup, teacher=teacher, show_progress=show)
     seed_everything(args.seed)  # the scratch student starts from the distilled student's initial weights
     distill_steps = int(json.loads((distill_dir / "stage.json").read_text())["steps"])
-    train_stage("scratch", VisionLanguageModel(configs["student"]), dataset(), out / STAGE_DIRS["scratch"],
+    train_stage("scratch", new_student(configs["student"], args.init_student), dataset(), out / STAGE_DIRS["scratch"],
                 _stage_options(args, "scratch", setup.device, max_steps=distill_steps), weights, setup,
                 show_progress=show)
 
@@ -296,7 +355,10 @@ def run(args: argparse.Namespace) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "device": str(setup.device),
                     "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0)
                     if setup.device.type == "cuda" else None},
-        "preset": args.preset, "budget_minutes": args.budget_minutes, "stage_shares": STAGE_SHARES,
+        "preset": args.preset, "budget_minutes": args.budget_minutes,
+        "stage_shares": ADOPTED_TEACHER_SHARES if args.teacher is not None else STAGE_SHARES,
+        "teacher": str(args.teacher) if args.teacher else None,
+        "init_student": str(args.init_student) if args.init_student else None,
         "scratch_comparison": SCRATCH_COMPARISON,
         "data": {split: len(SceneDataset(out, split)) for split in ("train", "val", "test", "heldout")},
         "tokenizer_vocab": tokenizer.vocab_size,
