@@ -97,11 +97,12 @@ def test_losses_fall_and_distillation_terms_are_logged(tiny_run):
 
 
 def test_teacher_terms_anneal_to_zero_over_the_distillation_stage(tiny_run):
-    from train.vlm_train import TEACHER_TERMS, LossWeights, annealed_teacher_scale
+    from train.loop import teacher_anneal_scale
+    from train.vlm_train import TEACHER_TERMS, LossWeights
 
     weights = LossWeights()  # annealed by default
-    assert [annealed_teacher_scale(weights, p) for p in (0.0, 0.25, 1.0)] == [1.0, 0.75, 0.0]
-    assert annealed_teacher_scale(LossWeights(teacher_anneal=False), 0.9) == 1.0
+    assert [teacher_anneal_scale(weights.teacher_anneal, p) for p in (0.0, 0.25, 1.0)] == [1.0, 0.75, 0.0]
+    assert teacher_anneal_scale(LossWeights(teacher_anneal=False).teacher_anneal, 0.9) == 1.0
     rows = [json.loads(line) for line in (tiny_run / "distill" / "train_log.jsonl").read_text().splitlines()]
     assert rows[0]["teacher_scale"] == 1.0 and rows[-1]["teacher_scale"] == pytest.approx(1.0 - rows[-1]["progress"])
     for row in rows:  # the logged total is the weighted sum with the teacher's terms scaled
@@ -157,7 +158,7 @@ def test_committed_teacher_and_init_student_continue_both_students(tiny_run, tmp
     _, config, _ = load_checkpoint(init, VisionLanguageModel, VLMConfig)
     with pytest.raises(InputError, match="vocab_size"):
         new_student(dataclasses.replace(config, vocab_size=config.vocab_size + 1), init)
-    with pytest.raises(InputError, match="no config.json"):
+    with pytest.raises(InputError, match="config.json is missing"):
         new_student(config, tmp_path)
 
 

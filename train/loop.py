@@ -71,6 +71,12 @@ def warmup_cosine_lr(step: int, progress: float, peak_lr: float, warmup_steps: i
     return warm * (min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress)))
 
 
+def teacher_anneal_scale(anneal: bool, progress: float) -> float:
+    """Factor on a distillation stage's teacher terms at ``progress`` (0..1): falling linearly to 0
+    when ``anneal``, so a student that outgrows its teacher ends on the ground truth alone; else 1."""
+    return max(0.0, 1.0 - progress) if anneal else 1.0
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     """Set every parameter group's learning rate."""
     for group in optimizer.param_groups:

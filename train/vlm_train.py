@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.checkpoint import latest_checkpoint, load_checkpoint, load_optimizer_state, save_checkpoint, step_dir_name
-from train.loop import CosineSchedule, DeviceSetup, MetricsLogger, TimeBudget, progress, set_lr
+from train.loop import CosineSchedule, DeviceSetup, MetricsLogger, TimeBudget, progress, set_lr, teacher_anneal_scale
 from train.losses import affinity_distill_loss, hidden_match_loss, kd_logit_loss
 from train.models.vlm import VisionLanguageModel, VLMConfig
 from train.vlm_data import IGNORE_INDEX, NONE_CLASS_ID, VLMSceneDataset, collate, curriculum_pool, label_token_batch
@@ -259,11 +259,6 @@ def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], l
     return losses
 
 
-def annealed_teacher_scale(weights: LossWeights, progress: float) -> float:
-    """The factor on the teacher's terms at a stage progress in [0, 1]."""
-    return max(0.0, 1.0 - progress) if weights.teacher_anneal else 1.0
-
-
 def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: decay on matrices (Linear, Conv, Embedding), none on vectors (norms, biases, scales)."""
     decay, no_decay = [], []
@@ -343,7 +338,7 @@ def train_stage(name: str, model: VisionLanguageModel, dataset: VLMSceneDataset,
             indices = pick_rng.choice(pool, size=options.batch_size, replace=len(pool) < options.batch_size)
             examples = [dataset.example(int(i), text_rng, options.texts_per_image) for i in indices]
             batch = _to_device(collate(examples, dataset.tokenizer.config.pad_id), device)
-            scale = annealed_teacher_scale(weights, frac) if teacher is not None else 0.0
+            scale = teacher_anneal_scale(weights.teacher_anneal, frac) if teacher is not None else 0.0
             with setup.autocast():
                 losses = compute_losses(model, batch, label_ids, label_mask, weights, teacher, projections, scale)
             optimizer.zero_grad(set_to_none=True)

@@ -50,7 +50,8 @@ from tinymm.preprocess.config import AudioConfig
 from train.checkpoint import adopt_files, latest_checkpoint, load_checkpoint, load_optimizer_state, \
     read_checkpoint_meta, save_checkpoint, step_dir_name
 from train.data.speech_dataset import SPLITS, SpeechDataset
-from train.loop import MetricsLogger, TimeBudget, progress, seed_everything, set_lr, set_threads, warmup_cosine_lr
+from train.loop import MetricsLogger, TimeBudget, progress, seed_everything, set_lr, set_threads, \
+    teacher_anneal_scale, warmup_cosine_lr
 from train.losses import ctc_posterior_kd_loss, hidden_match_loss
 from train.metrics_speech import score_transcripts
 from train.models.layers import key_padding_mask, param_count
@@ -236,7 +237,7 @@ class Distiller:
 
     def teacher_scale(self, progress: float) -> float:
         """Factor on the teacher's terms at ``progress`` (0..1) of the stage."""
-        return max(0.0, 1.0 - progress) if self.cfg.anneal else 1.0
+        return teacher_anneal_scale(self.cfg.anneal, progress)
 
     def total(self, losses: dict[str, torch.Tensor], progress: float = 0.0) -> torch.Tensor:
         scale = self.teacher_scale(progress)

@@ -196,12 +196,16 @@ def _load(path: Path) -> VisionLanguageModel:
     return model
 
 
+def stage_shares(args: argparse.Namespace) -> dict[str, float]:
+    """Each stage's share of --budget-minutes: with --teacher there is no teacher stage to pay for."""
+    return ADOPTED_TEACHER_SHARES if args.teacher is not None else STAGE_SHARES
+
+
 def _stage_options(args: argparse.Namespace, stage: str, device: torch.device,
                    max_steps: int | None = None) -> StageOptions:
     """A stage's options; max_steps (the scratch student's: the distilled student's count) overrides --max-steps."""
     continuation = args.init_student is not None and stage != "teacher"
-    shares = ADOPTED_TEACHER_SHARES if args.teacher is not None else STAGE_SHARES
-    return StageOptions(budget_minutes=args.budget_minutes * shares[stage],
+    return StageOptions(budget_minutes=args.budget_minutes * stage_shares(args)[stage],
                         max_steps=max_steps if max_steps is not None else args.max_steps,
                         batch_size=args.batch_size or BATCH_SIZE.get(device.type, BATCH_SIZE["cpu"]),
                         texts_per_image=args.texts_per_image,
@@ -213,10 +217,7 @@ def new_student(config: VLMConfig, init: Path | None) -> VisionLanguageModel:
     """A fresh student of ``config``, or the trained student at ``init`` when it fits the run's data and tokenizer."""
     if init is None:
         return VisionLanguageModel(config)
-    if not (init / "config.json").is_file():
-        raise InputError(f"--init-student {init}: no config.json there; give a checkpoint directory "
-                                f"such as train/students/vlm")
-    model = _load(init)
+    model = _load(init)  # InputError when init is not a checkpoint
     for field in ("image_size", "patch_size", "vocab_size", "max_text_len", "aux_attribute_classes"):
         if getattr(model.config, field) != getattr(config, field):
             raise InputError(f"--init-student {init}: its {field} is {getattr(model.config, field)!r} but this run "
@@ -356,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
                     "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0)
                     if setup.device.type == "cuda" else None},
         "preset": args.preset, "budget_minutes": args.budget_minutes,
-        "stage_shares": ADOPTED_TEACHER_SHARES if args.teacher is not None else STAGE_SHARES,
+        "stage_shares": stage_shares(args),
         "teacher": str(args.teacher) if args.teacher else None,
         "init_student": str(args.init_student) if args.init_student else None,
         "scratch_comparison": SCRATCH_COMPARISON,
