@@ -199,3 +199,14 @@ def test_labels_cover_all_combinations_and_each_scene_object():
                                             "a photo of a sign that says STOP"]
     for scene, _ in _scenes(100):
         assert set(scene_labels(scene)) <= set(labels)
+
+
+def test_spatial_phrase_spans_follow_their_noun_phrase():
+    from train.data.scene_language import spatial_phrase_spans
+
+    text = "a red circle is to the left of a small blue square and a sign reading GO at the top"
+    red_circle, sign = ("shape", None, "red", "circle"), ("sign", "GO")
+    assert spatial_phrase_spans(text) == [(3, 8, red_circle), (17, 20, sign)]
+    assert spatial_phrase_spans("a small star above a cross") == [(3, 4, ("shape", "small", None, "star"))]
+    assert spatial_phrase_spans("three objects: a red circle, a star and a sign") == []
+    assert spatial_phrase_spans("two circles on the left") == []  # counted phrases state no position

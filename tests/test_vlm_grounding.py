@@ -70,7 +70,23 @@ def test_caption_targets_cover_the_words_after_each_phrase_start():
     red_star, sign = [int(cells[0])], [int(cells[2])]
     assert on == {1: every, 2: every,  # "objects:" (the first word, "two", is said before choosing)
                   4: red_star, 5: red_star, 6: red_star,  # "small red star" of "a small red star"
+                  7: red_star,  # "above": where the red star lies decides the relation
                   9: sign, 10: sign, 11: sign, 12: sign}  # "sign that says STOP"
+
+
+def test_caption_targets_ground_position_and_relation_words_on_their_subject():
+    from train.vlm_grounding import caption_targets, object_cells
+
+    cells = object_cells(_annotation(), SIZE, PATCH)
+    red_star, blue_star, sign = [int(cells[0])], [int(cells[1])], [int(cells[2])]
+    text = "a red star is to the left of a large blue star and a sign reading STOP on the left"
+    rows = caption_targets(_annotation(), text, WordTokenizer(), cells, GRID * GRID)
+    on = {t: sorted(np.flatnonzero(rows[t]).tolist()) for t in range(len(text.split())) if rows[t].any()}
+    assert on == {1: red_star, 2: red_star,  # "red star"
+                  3: red_star, 4: red_star, 5: red_star, 6: red_star, 7: red_star,  # "is to the left of"
+                  9: blue_star, 10: blue_star, 11: blue_star,  # "large blue star"
+                  14: sign, 15: sign, 16: sign,  # "sign reading STOP"
+                  17: sign, 18: sign, 19: sign}  # "on the left"
 
 
 def test_caption_targets_are_empty_when_words_do_not_tokenize_alone():

@@ -162,6 +162,47 @@ def test_committed_teacher_and_init_student_continue_both_students(tiny_run, tmp
         new_student(config, tmp_path)
 
 
+def test_init_student_gains_zero_memory_positions_and_computes_as_before(tiny_run, tmp_path):
+    import dataclasses
+
+    import torch
+
+    from train.checkpoint import load_checkpoint, save_checkpoint
+    from train.models.vlm import VisionLanguageModel, VLMConfig
+    from train.recipes.vlm import new_student
+
+    trained, config, _ = load_checkpoint(tiny_run / "distill" / "final", VisionLanguageModel, VLMConfig)
+    old = VisionLanguageModel(dataclasses.replace(config, memory_positions=False))  # as students before them
+    old.load_state_dict({k: v for k, v in trained.state_dict().items() if k != "projector.positions"})
+    save_checkpoint(tmp_path / "old", old, old.config, step=1)
+    grown = new_student(config, tmp_path / "old")
+    assert grown.config.memory_positions and not grown.projector.positions.detach().any()
+    pixels = torch.rand(2, 3, config.image_size, config.image_size)
+    ids = torch.randint(0, config.vocab_size, (2, 5))
+    with torch.no_grad():
+        torch.testing.assert_close(grown.eval()(pixels, ids), old.eval()(pixels, ids))
+    assert not new_student(old.config, tmp_path / "old").config.memory_positions  # a run without them adds none
+
+
+def test_memory_positions_learn_at_their_own_lr_scale():
+    import torch
+
+    from train.loop import set_lr
+    from train.models.vlm import VisionLanguageModel, VLMConfig
+    from train.vlm_train import _param_groups
+
+    model = VisionLanguageModel(VLMConfig.tiny(memory_positions=True))
+    groups = _param_groups([model], weight_decay=0.05, memory_position_lr_scale=20.0)
+    assert [len(g["params"]) for g in groups][2] == 1 and groups[2]["params"][0] is model.projector.positions
+    assert groups[2]["weight_decay"] == 0.0
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    optimizer = torch.optim.AdamW(groups, lr=1.0)
+    set_lr(optimizer, 1e-3)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-3, 2e-2])
+    without = VisionLanguageModel(VLMConfig.tiny(memory_positions=False))
+    assert len(_param_groups([without], 0.05, 20.0)) == 2  # no memory positions, no group of their own
+
+
 def test_rerun_skips_finished_stages(tiny_run):
     from train.recipes.vlm import add_arguments, run
 
@@ -417,3 +458,4 @@ def test_stage_resumes_from_its_latest_checkpoint(scenes_and_tokenizer, tmp_path
     assert json.loads((tmp_path / "stage.json").read_text())["steps"] == 5
     steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 4]  # the second run logged its first step, 4, after resuming at 3
+

@@ -77,10 +77,13 @@ def teacher_anneal_scale(anneal: bool, progress: float) -> float:
     return max(0.0, 1.0 - progress) if anneal else 1.0
 
 
+LR_SCALE_KEY = "lr_scale"  # optional in a parameter group: its learning rate is this times the schedule's
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set every parameter group's learning rate."""
+    """Set every parameter group's learning rate: lr, times the group's LR_SCALE_KEY where it has one."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get(LR_SCALE_KEY, 1.0)
 
 
 class TimeBudget:

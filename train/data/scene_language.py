@@ -403,6 +403,30 @@ def noun_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
     return spans
 
 
+def spatial_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
+    """The position and relation phrases of a caption as (first word, end word, descriptor of the noun
+    phrase they follow), indexing its whitespace words: in "a red circle is to the left of a square"
+    the words "is to the left of" are (3, 8, red circle). A leading "is" belongs to the phrase."""
+    tokens, owner = [], []
+    for w, word in enumerate(text.split()):
+        found = _TOKEN_RE.findall(word.lower())
+        tokens += found
+        owner += [w] * len(found)
+    spans, i = [], 0
+    while i < len(tokens):
+        np_ = _parse_np(tokens, i)
+        if np_ is None:
+            i += 1
+            continue
+        desc, count, i = np_
+        start = i + (i < len(tokens) and tokens[i] == "is")
+        phrase = _match_phrase(tokens, start, _RELATION_PHRASES) or _match_phrase(tokens, start, _POSITION_PHRASES)
+        if count is None and phrase is not None:
+            spans.append((owner[i], owner[phrase[1] - 1] + 1, desc))
+            i = phrase[1]
+    return spans
+
+
 def facts_to_json(facts: Iterable[Fact]) -> list:
     """Facts as a JSON-ready list, in a stable order (tuples become lists)."""
     return sorted((json.loads(json.dumps(f)) for f in facts), key=json.dumps)

@@ -33,7 +33,8 @@ the teacher's share of the budget goes to the students.
 With --init-student CKPT both students start from that checkpoint's weights and config instead of
 a fresh model (a continuation of a trained student, e.g. the shipped ``train/students/vlm``): their
 peak learning rate is halved and the one-object curriculum is skipped; the scratch student is then
-the same continuation without the teacher.
+the same continuation without the teacher. A checkpoint without the preset's memory positions gains
+them, zero at start.
 
 The teacher's loss terms (not its pseudo-captions, which stay in the data) fall linearly to 0 over
 the distillation stage unless --no-kd-anneal.
@@ -67,7 +68,7 @@ from train.vlm_data import AUX_CLASSES, TaskMix, VLMSceneDataset
 from train.vlm_eval import EvalOptions, evaluate, pseudo_captions
 from train.vlm_head_tuning import HeadTuningOptions, tune_zero_shot_head
 from train.vlm_tokenizer import TOKENIZER_FILE, load_tokenizer, scene_corpus, train_tokenizer
-from train.vlm_train import FINAL_DIR, LossWeights, StageOptions, train_stage
+from train.vlm_train import FINAL_DIR, MEMORY_POSITIONS_PARAM, LossWeights, StageOptions, train_stage
 
 logger = logging.getLogger(__name__)
 
@@ -214,7 +215,9 @@ def _stage_options(args: argparse.Namespace, stage: str, device: torch.device,
 
 
 def new_student(config: VLMConfig, init: Path | None) -> VisionLanguageModel:
-    """A fresh student of ``config``, or the trained student at ``init`` when it fits the run's data and tokenizer."""
+    """A fresh student of ``config``, or the trained student at ``init`` when it fits the run's data and
+    tokenizer. A trained student without the memory positions ``config`` has gains them, at zero, so
+    it starts out computing exactly what it was trained to."""
     if init is None:
         return VisionLanguageModel(config)
     model = _load(init)  # InputError when init is not a checkpoint
@@ -222,6 +225,13 @@ def new_student(config: VLMConfig, init: Path | None) -> VisionLanguageModel:
         if getattr(model.config, field) != getattr(config, field):
             raise InputError(f"--init-student {init}: its {field} is {getattr(model.config, field)!r} but this run "
                              f"needs {getattr(config, field)!r} (same --size and tokenizer as the student's run)")
+    if config.memory_positions and not model.config.memory_positions:
+        grown = VisionLanguageModel(dataclasses.replace(model.config, memory_positions=True))
+        missing = grown.load_state_dict(model.state_dict(), strict=False).missing_keys
+        if missing != [MEMORY_POSITIONS_PARAM]:  # only the new positions, which keep their zero init
+            raise RuntimeError(f"adding memory positions to {init} left {missing} unloaded")
+        logger.info("--init-student %s: added memory positions (zero at start)", init)
+        model = grown
     return model
 
 
