@@ -382,15 +382,21 @@ def parse_caption_facts(text: str, strict: bool = False) -> frozenset:
     return frozenset(facts)
 
 
-def noun_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
-    """The noun phrases of a caption as (first word, end word, descriptor), indexing its whitespace
-    words ("a large red circle" in "a large red circle on the left" is (0, 4, desc)); counted
-    phrases ("two circles") give the descriptor of what they count."""
+def _word_tokens(text: str) -> tuple[list[str], list[int]]:
+    """The caption's grammar tokens and, per token, the index of the whitespace word it came from."""
     tokens, owner = [], []
     for w, word in enumerate(text.split()):
         found = _TOKEN_RE.findall(word.lower())
         tokens += found
         owner += [w] * len(found)
+    return tokens, owner
+
+
+def noun_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
+    """The noun phrases of a caption as (first word, end word, descriptor), indexing its whitespace
+    words ("a large red circle" in "a large red circle on the left" is (0, 4, desc)); counted
+    phrases ("two circles") give the descriptor of what they count."""
+    tokens, owner = _word_tokens(text)
     spans, i = [], 0
     while i < len(tokens):
         np_ = _parse_np(tokens, i)
@@ -407,11 +413,7 @@ def spatial_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
     """The position and relation phrases of a caption as (first word, end word, descriptor of the noun
     phrase they follow), indexing its whitespace words: in "a red circle is to the left of a square"
     the words "is to the left of" are (3, 8, red circle). A leading "is" belongs to the phrase."""
-    tokens, owner = [], []
-    for w, word in enumerate(text.split()):
-        found = _TOKEN_RE.findall(word.lower())
-        tokens += found
-        owner += [w] * len(found)
+    tokens, owner = _word_tokens(text)
     spans, i = [], 0
     while i < len(tokens):
         np_ = _parse_np(tokens, i)
