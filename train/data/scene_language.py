@@ -35,7 +35,7 @@ import bisect
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -392,21 +392,25 @@ def _word_tokens(text: str) -> tuple[list[str], list[int]]:
     return tokens, owner
 
 
-def noun_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
-    """The noun phrases of a caption as (first word, end word, descriptor), indexing its whitespace
-    words ("a large red circle" in "a large red circle on the left" is (0, 4, desc)); counted
-    phrases ("two circles") give the descriptor of what they count."""
-    tokens, owner = _word_tokens(text)
-    spans, i = [], 0
+def _noun_phrases(tokens: list[str]) -> Iterator[tuple[int, int, Descriptor, int | None]]:
+    """(first token, end token, descriptor, count or None) of each noun phrase, left to right."""
+    i = 0
     while i < len(tokens):
         np_ = _parse_np(tokens, i)
         if np_ is None:
             i += 1
             continue
-        desc, _, j = np_
-        spans.append((owner[i], owner[j - 1] + 1, desc))
-        i = j
-    return spans
+        desc, count, end = np_
+        yield i, end, desc, count
+        i = end
+
+
+def noun_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
+    """The noun phrases of a caption as (first word, end word, descriptor), indexing its whitespace
+    words ("a large red circle" in "a large red circle on the left" is (0, 4, desc)); counted
+    phrases ("two circles") give the descriptor of what they count."""
+    tokens, owner = _word_tokens(text)
+    return [(owner[first], owner[end - 1] + 1, desc) for first, end, desc, _ in _noun_phrases(tokens)]
 
 
 def spatial_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
@@ -414,18 +418,12 @@ def spatial_phrase_spans(text: str) -> list[tuple[int, int, Descriptor]]:
     phrase they follow), indexing its whitespace words: in "a red circle is to the left of a square"
     the words "is to the left of" are (3, 8, red circle). A leading "is" belongs to the phrase."""
     tokens, owner = _word_tokens(text)
-    spans, i = [], 0
-    while i < len(tokens):
-        np_ = _parse_np(tokens, i)
-        if np_ is None:
-            i += 1
-            continue
-        desc, count, i = np_
-        start = i + (i < len(tokens) and tokens[i] == "is")
+    spans = []
+    for _, end, desc, count in _noun_phrases(tokens):
+        start = end + (end < len(tokens) and tokens[end] == "is")
         phrase = _match_phrase(tokens, start, _RELATION_PHRASES) or _match_phrase(tokens, start, _POSITION_PHRASES)
         if count is None and phrase is not None:
-            spans.append((owner[i], owner[phrase[1] - 1] + 1, desc))
-            i = phrase[1]
+            spans.append((owner[end], owner[phrase[1] - 1] + 1, desc))
     return spans
 
 
