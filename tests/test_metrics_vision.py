@@ -14,6 +14,7 @@ from train.data.scene_world import COLORS, SHAPES, Scene, WorldConfig
 from train.metrics_vision import (
     caption_correct,
     caption_fact_accuracy,
+    caption_facts_by_kind,
     corpus_bleu,
     markdown_table,
     normalize_answer,
@@ -59,6 +60,19 @@ def test_caption_stating_nothing_is_not_correct():
 def test_caption_accuracy_refuses_mismatched_lengths():
     with pytest.raises(InputError, match="1 predictions for 2"):
         caption_fact_accuracy([_one_shape_scene()] * 2, ["a circle"])
+
+
+def test_caption_facts_by_kind_counts_stated_and_false_facts():
+    scene = _one_shape_scene()
+    obj = scene.objects[0]
+    other_color = next(c for c in COLORS if c != obj.color)
+    captions = [f"one object: a {obj.color} {obj.shape}", f"two objects: a {other_color} {obj.shape}"]
+    # One object fact per caption (the second false) and one count fact per caption (the second false).
+    assert caption_facts_by_kind([scene, scene], captions) == {
+        "count": {"stated": 2, "false": 1}, "object": {"stated": 2, "false": 1}}
+    assert caption_facts_by_kind([], []) == {}
+    with pytest.raises(InputError, match="1 predictions for 2"):
+        caption_facts_by_kind([scene] * 2, ["a circle"])
 
 
 def test_bleu_of_identical_text_is_one():

@@ -81,6 +81,9 @@ def test_recipe_writes_every_stage_and_result(tiny_run):
                 assert 0.0 <= metrics[key] <= 1.0, (name, split, key)
             assert metrics["scenes"] == EVAL_SCENES
             assert "overall" in metrics["vqa"] and len(metrics["vqa"]) > 2
+            for kind, counts in metrics["caption_facts_by_kind"].items():
+                assert kind in ("object", "count", "position", "relation"), (name, split, kind)
+                assert 0 <= counts["false"] <= counts["stated"], (name, split, kind)
     models = results["models"]
     assert models["teacher"]["params"] > models["distilled"]["params"] == models["scratch"]["params"]
     assert "| distilled (test) |" in (tiny_run / "results.md").read_text()

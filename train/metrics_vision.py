@@ -3,6 +3,7 @@
 - Caption fact accuracy: a caption is correct when it states at least one fact and every object,
   colour, size, count, position, relation and sign it states is true of the scene (the scene
   package's ``parse_caption_facts`` and ``false_facts``). Fluent but wrong captions score 0.
+  ``caption_facts_by_kind`` counts the stated and the false facts of each kind.
 - BLEU-4: corpus-level (Papineni et al. 2002), clipped n-gram precisions for n = 1..4 pooled
   over the corpus, geometric mean, brevity penalty against the reference closest in length.
 - VQA accuracy: exact match of the normalised one-word answer, per question type and overall.
@@ -45,6 +46,20 @@ def caption_fact_accuracy(scenes: Sequence[Scene], captions: Sequence[str]) -> f
     if not captions:
         return 0.0
     return sum(caption_correct(s, c) for s, c in zip(scenes, captions)) / len(captions)
+
+
+def caption_facts_by_kind(scenes: Sequence[Scene], captions: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Per fact kind (object, count, position, relation): how many facts the captions state and how
+    many of those are false; it shows which kind of claim makes captions wrong."""
+    _same_length("caption_facts_by_kind", captions, scenes)
+    out: dict[str, dict[str, int]] = defaultdict(lambda: {"stated": 0, "false": 0})
+    for scene, caption in zip(scenes, captions):
+        facts = parse_caption_facts(caption)
+        for fact in facts:
+            out[fact[0]]["stated"] += 1
+        for fact in false_facts(scene, facts):
+            out[fact[0]]["false"] += 1
+    return dict(sorted(out.items()))
 
 
 def tokenize_words(text: str) -> list[str]:

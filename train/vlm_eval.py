@@ -20,7 +20,7 @@ from tinymm.preprocess.image import ImagePreprocessor
 from tinymm.preprocess.text import Tokenizer
 from train.data.scene_dataset import SceneDataset
 from train.data.scene_language import all_labels
-from train.metrics_vision import caption_correct, corpus_bleu, vqa_accuracy, zero_shot_top1
+from train.metrics_vision import caption_correct, caption_facts_by_kind, corpus_bleu, vqa_accuracy, zero_shot_top1
 from train.models.layers import param_count
 from train.models.vlm import VisionLanguageModel
 from train.vlm_data import image_config, label_token_batch
@@ -125,7 +125,8 @@ def _pick_questions(annotations: Sequence[dict], limit: int | None) -> list[tupl
 @torch.no_grad()
 def evaluate(model: VisionLanguageModel, tokenizer: Tokenizer, scenes: SceneDataset, options: EvalOptions,
              device: torch.device) -> dict[str, Any]:
-    """Caption fact accuracy, BLEU-4, VQA accuracy (per type and overall), zero-shot top-1 and size.
+    """Caption fact accuracy (and its stated and false facts by kind), BLEU-4, VQA accuracy (per type
+    and overall), zero-shot top-1 and size.
 
     Returns a JSON-ready dict; ``examples`` holds a few captions and answers to read.
     """
@@ -156,6 +157,7 @@ def evaluate(model: VisionLanguageModel, tokenizer: Tokenizer, scenes: SceneData
         "questions": len(picked),
         "params": param_count(model),
         "caption_fact_accuracy": float(np.mean(correct)) if correct else 0.0,
+        "caption_facts_by_kind": caption_facts_by_kind(truths, captions),
         "bleu4": corpus_bleu(captions, references),
         "vqa": vqa,
         "vqa_overall": vqa["overall"],
