@@ -22,6 +22,7 @@ from train.data.scene_language import (
     matches,
     parse_caption_facts,
     scene_labels,
+    spatial_phrase_spans,
 )
 from train.data.scene_world import (
     COLORS,
@@ -202,8 +203,6 @@ def test_labels_cover_all_combinations_and_each_scene_object():
 
 
 def test_spatial_phrase_spans_follow_their_noun_phrase():
-    from train.data.scene_language import spatial_phrase_spans
-
     text = "a red circle is to the left of a small blue square and a sign reading GO at the top"
     red_circle, sign = ("shape", None, "red", "circle"), ("sign", "GO")
     assert spatial_phrase_spans(text) == [(3, 8, red_circle), (17, 20, sign)]

@@ -461,4 +461,3 @@ def test_stage_resumes_from_its_latest_checkpoint(scenes_and_tokenizer, tmp_path
     assert json.loads((tmp_path / "stage.json").read_text())["steps"] == 5
     steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 4]  # the second run logged its first step, 4, after resuming at 3
-
