@@ -71,7 +71,8 @@ def test_vlm_bundle_is_complete_and_accepted_by_info_and_verify(vlm_bundle: Path
         assert list(manifest.components) == ["image_encoder", "text_encoder", "decoder_first", "decoder_with_past"]
         assert all(c.precisions == ("fp32", "fp16", "int8") for c in manifest.components.values())
         assert manifest.model["num_layers"] == 2 and manifest.model["head_dim"] == 16
-        assert manifest.model["labels"] == tuple(all_labels()) and manifest.model["max_new_tokens"] == 12
+        assert manifest.model["labels"] == tuple(all_labels())
+        assert manifest.model["max_new_tokens"] == 20  # half the 40-token context
         assert manifest.preprocess.image.height == 32 and manifest.preprocess.text.tokenizer == "tokenizer.model"
         assert bundle.tokenizer_path.read_bytes() == (runs / "vlm" / "tokenizer.model").read_bytes()
         weights = (runs / "vlm" / "final" / "model.safetensors").read_bytes()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 pytestmark = [pytest.mark.requires_torch,
-              pytest.mark.filterwarnings("ignore::tinymm.preprocess.text.TruncationWarning")]  # 24-token context
+              pytest.mark.filterwarnings("ignore::tinymm.preprocess.text.TruncationWarning")]  # 40-token context
 
 torch = pytest.importorskip("torch", reason="the export tier needs torch (pip install 'tinymm[train]')")
 onnx = pytest.importorskip("onnx", reason="the export tier needs onnx (pip install 'tinymm[train]')")

@@ -9,6 +9,7 @@ import pytest
 
 from tinymm.errors import InputError
 from train.data.scene_dataset import (
+    GENERATOR_VERSION,
     SplitSpec,
     SceneDataset,
     build_specs,
@@ -32,7 +33,8 @@ def test_written_splits_read_back_exactly(tmp_path):
     summary = write_dataset(tmp_path, _specs(), workers=2, progress=False, command="test")
     assert summary["scenes"] == 11 and summary["splits"] == {"train": 6, "val": 3, "test": 2}
     meta = json.loads((tmp_path / "scenes" / "meta.json").read_text())
-    assert meta["generator_version"] == 1 and meta["command"] == "test" and meta["channel_order"] == "RGB"
+    assert meta["generator_version"] == GENERATOR_VERSION
+    assert meta["command"] == "test" and meta["channel_order"] == "RGB"
     assert set(meta["splits"]) == {"train", "val", "test"}
     for spec in _specs():
         ds = SceneDataset(tmp_path, spec.name)

@@ -31,11 +31,12 @@ from train.data.scene_world import (
     SHAPES,
     SIGN_TEXTS,
     SIZES,
+    UNCLEAR_POSITION,
     Background,
     Scene,
     SceneObject,
     WorldConfig,
-    position_of,
+    position_answer,
     sample_scene,
     scene_rngs,
 )
@@ -144,11 +145,11 @@ def _answer_from_truth(scene: Scene, qa) -> str:
         color, shape = re.fullmatch(r"(?:what size|where) is the (\w+) (\w+)\?", q).groups()
         found = [o for o in shapes if (o.color, o.shape) == (color, shape)]
         assert len(found) == 1
-        return found[0].size if qa.type == "size" else position_of(found[0], scene.width, scene.height)
+        return found[0].size if qa.type == "size" else position_answer(found[0], scene.width, scene.height)
     if qa.type in ("sign", "position"):
         found = [o for o in scene.objects if o.kind == "sign"]
         assert len(found) == 1
-        return found[0].text.lower() if qa.type == "sign" else position_of(found[0], scene.width, scene.height)
+        return found[0].text.lower() if qa.type == "sign" else position_answer(found[0], scene.width, scene.height)
     if qa.type == "count":
         assert q == "how many objects are there?"
         return NUMBER_WORDS[len(scene.objects)]
@@ -163,9 +164,9 @@ def _answer_from_truth(scene: Scene, qa) -> str:
 
 
 def test_qa_answers_are_correct_unique_and_one_lowercase_word():
-    types = Counter()
+    types, unclear = Counter(), 0
     vocabulary = set(COLORS) | set(SHAPES) | set(SIZES) | set(POSITIONS) | set(NUMBER_WORDS) | {"yes", "no"} \
-        | {t.lower() for t in SIGN_TEXTS}
+        | {t.lower() for t in SIGN_TEXTS} | {UNCLEAR_POSITION}
     for scene, rng in _scenes():
         qa = make_qa(scene, rng)
         assert len({x.question for x in qa}) == len(qa)
@@ -174,7 +175,9 @@ def test_qa_answers_are_correct_unique_and_one_lowercase_word():
             assert x.answer in vocabulary and x.answer == x.answer.lower() and " " not in x.answer
             assert x.answer == _answer_from_truth(scene, x), (x, scene)
             types[x.type] += 1
+            unclear += x.answer == UNCLEAR_POSITION
     assert set(types) == set(QA_TYPES)
+    assert 0 < unclear < types["position"] / 4
 
 
 def test_exist_questions_are_balanced_per_scene():

@@ -22,6 +22,7 @@ from train.data.scene_world import (
     SIGN_PAD_FRAC,
     SIGN_TEXTS,
     TRAIN_FONTS,
+    UNCLEAR_POSITION,
     Background,
     Scene,
     SceneObject,
@@ -29,6 +30,7 @@ from train.data.scene_world import (
     background_contrast,
     clear_relation,
     object_bbox,
+    position_answer,
     position_of,
     relation_holds,
     sample_scene,
@@ -115,6 +117,14 @@ def test_position_words_come_from_thirds_with_a_margin():
         assert position_of(_shape(center=center), 64, 64) == word, center
     # Thirds follow each axis of a non-square image.
     assert position_of(_shape(center=(20, 24)), 96, 48) == "left"
+
+
+def test_where_answers_unclear_only_on_the_line_between_two_named_positions():
+    expected = {(32, 32): "center", (8, 32): "left", (21.5, 32): UNCLEAR_POSITION, (42.5, 32): UNCLEAR_POSITION,
+                (32, 21.5): UNCLEAR_POSITION, (32, 42.5): UNCLEAR_POSITION,
+                (8, 8): None, (21.5, 8): None, (8, 21.5): None, (21.5, 21.5): None}
+    for center, answer in expected.items():
+        assert position_answer(_shape(center=center), 64, 64) == answer, center
 
 
 def test_relations_need_a_margin_and_clear_ones_a_dominant_axis():

@@ -461,3 +461,18 @@ def test_stage_resumes_from_its_latest_checkpoint(scenes_and_tokenizer, tmp_path
     assert json.loads((tmp_path / "stage.json").read_text())["steps"] == 5
     steps = [json.loads(line)["step"] for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert steps == [1, 4]  # the second run logged its first step, 4, after resuming at 3
+
+
+def test_answer_cap_holds_every_answer_word_even_spelled_piece_by_piece():
+    from train.data.scene_language import NUMBER_WORDS
+    from train.data.scene_world import COLORS, POSITIONS, SHAPES, SIGN_TEXTS, SIZES, UNCLEAR_POSITION
+    from train.recipes.vlm import MAX_TEXT_LEN
+    from train.vlm_eval import ANSWER_MAX_TOKENS
+    from train.vlm_tokenizer import load_tokenizer
+
+    words = [*COLORS, *SHAPES, *SIZES, *POSITIONS, UNCLEAR_POSITION, *NUMBER_WORDS, "yes", "no",
+             *(t.lower() for t in SIGN_TEXTS)]
+    shipped = load_tokenizer(Path(__file__).parents[1] / "train" / "students" / "vlm", MAX_TEXT_LEN["default"])
+    for word in words:
+        assert len(word) + 2 <= ANSWER_MAX_TOKENS, word  # a word-start piece, one per letter, EOS
+        assert len(shipped.encode(word)) + 1 <= ANSWER_MAX_TOKENS, word

@@ -27,7 +27,9 @@ from train.vlm_data import image_config, label_token_batch
 
 logger = logging.getLogger(__name__)
 
-ANSWER_MAX_TOKENS = 4  # one-word answers are 1-2 pieces; a little room to see what the model says
+# Answers are one word, mostly 1-2 pieces; a rare word is spelled piece by piece ("unclear" is 8 in
+# the default tokenizer), so the cap holds the longest answer word spelled out, plus EOS.
+ANSWER_MAX_TOKENS = 12
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ from train.data.scene_world import (
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1  # bump when the same seed would give different scenes
+GENERATOR_VERSION = 2  # bump when the same seed would give different scenes (2: "unclear" position answers)
 FORMAT = "tinymm-scenes"
 SCENES_DIR = "scenes"
 SPLITS = ("train", "val", "test", "heldout")  # a split's stream id is its position here

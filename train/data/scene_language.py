@@ -48,6 +48,7 @@ from train.data.scene_world import (
     Scene,
     SceneObject,
     clear_relation,
+    position_answer,
     position_of,
     relation_holds,
 )
@@ -441,7 +442,10 @@ def facts_from_json(data: Iterable) -> frozenset:
 
 # --- questions and answers -------------------------------------------------------------------------
 def make_qa(scene: Scene, rng: np.random.Generator) -> list[QA]:
-    """Questions whose answer is unique in the scene, with one-word answers; "exist" is balanced yes/no."""
+    """Questions whose answer is unique in the scene, with one-word answers; "exist" is balanced yes/no.
+
+    "where is ...?" is also asked where the answer is "unclear" (see ``position_answer``).
+    """
     shapes = [o for o in scene.objects if o.kind == "shape"]
     signs = [o for o in scene.objects if o.kind == "sign"]
     qa: list[QA] = []
@@ -457,12 +461,12 @@ def make_qa(scene: Scene, rng: np.random.Generator) -> list[QA]:
         if sum(p.color == o.color and p.shape == o.shape for p in shapes) != 1:
             continue
         qa.append(QA("size", f"what size is the {o.color} {o.shape}?", o.size))
-        pos = position_of(o, scene.width, scene.height)
+        pos = position_answer(o, scene.width, scene.height)
         if pos is not None:
             qa.append(QA("position", f"where is the {o.color} {o.shape}?", pos))
     if len(signs) == 1:
         qa.append(QA("sign", "what does the sign say?", signs[0].text.lower()))
-        pos = position_of(signs[0], scene.width, scene.height)
+        pos = position_answer(signs[0], scene.width, scene.height)
         if pos is not None:
             qa.append(QA("position", "where is the sign?", pos))
     qa.append(QA("count", "how many objects are there?", NUMBER_WORDS[len(scene.objects)]))

@@ -67,6 +67,7 @@ SIGN_MAX_WIDTH_FRAC = 0.9  # a plate is never wider than this fraction of the im
 BORDER_FRAC = 0.02  # objects keep this far from the image edge
 GAP_FRAC = 0.03  # objects' bounding boxes keep this far from each other
 POSITION_MARGIN_FRAC = 0.04  # centres this close to a third line (fraction of that axis) have no position
+UNCLEAR_POSITION = "unclear"  # answer to "where is ...?" for a centre on the line between two named positions
 RELATION_MARGIN_FRAC = 0.1  # a relation holds when the centres differ by more than this along its axis
 RELATION_DOMINANCE = 2.0  # ...and is *clear* when that is this many times the other axis' difference
 MAX_PLACEMENT_TRIES = 60  # rejection-sampling budget per object
@@ -293,6 +294,22 @@ def position_of(obj: SceneObject, width: int, height: int) -> str | None:
     if col is None or row is None:
         return None
     return _CELL_POSITIONS.get((col, row))
+
+
+def position_answer(obj: SceneObject, width: int, height: int) -> str | None:
+    """What "where is it?" answers: the position word, UNCLEAR_POSITION, or None when not asked.
+
+    A centre within the margin of the third line between two named positions (left|center,
+    center|right, top|center, center|bottom) has no position; saying so teaches the model the
+    margin band that captions only teach by leaving it out. Corners, and lines next to a corner,
+    are not asked about.
+    """
+    col, row = _third(obj.center[0], width), _third(obj.center[1], height)
+    if col is not None and row is not None:
+        return _CELL_POSITIONS.get((col, row))
+    if (col is None and row == 1) or (row is None and col == 1):
+        return UNCLEAR_POSITION
+    return None
 
 
 def _displacements(a: SceneObject, b: SceneObject) -> dict[str, tuple[float, float]]:
