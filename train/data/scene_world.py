@@ -284,16 +284,22 @@ def _third(value: float, extent: float) -> int | None:
 _CELL_POSITIONS = {(1, 1): "center", (0, 1): "left", (2, 1): "right", (1, 0): "top", (1, 2): "bottom"}
 
 
+def _cell(obj: SceneObject, width: int, height: int) -> tuple[int | None, int | None]:
+    """(column, row) thirds of the object's centre; None on an axis where it is near a third line."""
+    return _third(obj.center[0], width), _third(obj.center[1], height)
+
+
+def _cell_position(col: int | None, row: int | None) -> str | None:
+    return None if col is None or row is None else _CELL_POSITIONS.get((col, row))
+
+
 def position_of(obj: SceneObject, width: int, height: int) -> str | None:
     """The object's position word from its centre's third of the image, or None when ambiguous.
 
     The centre third is "center", the middle-row side thirds "left"/"right", the middle-column
     top/bottom thirds "top"/"bottom". Corners, and centres near a third line, have no position.
     """
-    col, row = _third(obj.center[0], width), _third(obj.center[1], height)
-    if col is None or row is None:
-        return None
-    return _CELL_POSITIONS.get((col, row))
+    return _cell_position(*_cell(obj, width, height))
 
 
 def position_answer(obj: SceneObject, width: int, height: int) -> str | None:
@@ -304,12 +310,10 @@ def position_answer(obj: SceneObject, width: int, height: int) -> str | None:
     margin band that captions only teach by leaving it out. Corners, and lines next to a corner,
     are not asked about.
     """
-    col, row = _third(obj.center[0], width), _third(obj.center[1], height)
-    if col is not None and row is not None:
-        return _CELL_POSITIONS.get((col, row))
+    col, row = _cell(obj, width, height)
     if (col is None and row == 1) or (row is None and col == 1):
         return UNCLEAR_POSITION
-    return None
+    return _cell_position(col, row)
 
 
 def _displacements(a: SceneObject, b: SceneObject) -> dict[str, tuple[float, float]]:
