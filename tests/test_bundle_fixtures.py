@@ -228,7 +228,7 @@ BREAKAGES: dict[str, tuple[Callable[[Path], None], type[BundleError], str]] = {
     "bad_value": (_set("family", value="toaster"), InvalidValueError, "family='toaster'"),
     "unknown_format": (_set("format", value="onnx-zip"), UnknownFormatError, "'onnx-zip'"),
     "unknown_version": (_set("format_version", value=0), UnknownFormatVersionError, "format_version 0"),
-    "newer_version": (_set("format_version", value=2), NewerFormatVersionError, "pip install -U tinymm"),
+    "newer_version": (_set("format_version", value=3), NewerFormatVersionError, "pip install -U tinymm"),
     "invalid_preprocess": (_set("preprocess", "image", "height", value=-8), InvalidPreprocessError, "preprocess.image"),
     "file_missing": (lambda root: (root / GOLDEN_OUT).unlink(), MissingFileError, "golden/model.outputs.npz"),
     "file_unlisted": (_delete("files", MODEL), UnlistedFileError, "components.model.variants.fp32.file='model.onnx'"),

@@ -27,7 +27,7 @@ def test_info_describes_and_verifies_a_bundle(tiny_bundle: Path, capsys) -> None
     code, out, err = _run(capsys, "info", str(tiny_bundle))
     assert code == 0, err
     for expected in (
-        "tiny (family example, format v1",
+        "tiny (family example, architecture example, format v2",
         "tasks: embed",
         "input   x [batch, 4] float32",
         "output  y [batch, 2] float32",

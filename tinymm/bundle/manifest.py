@@ -1,19 +1,22 @@
-"""The bundle manifest, format version 1: the whole-manifest dataclass and the format itself.
+"""The bundle manifest, format version 2: the whole-manifest dataclass and the format itself.
 
 A bundle is a directory (or a .tar/.tar.gz/.tgz archive of one) that describes itself in
 ``manifest.json``, so the runtime holds no model constants in code::
 
     {
       "format": "tinymm-bundle",            # required, exactly this string
-      "format_version": 1,                  # required; a newer one is refused with an upgrade hint
+      "format_version": 2,                  # required; 1 and 2 are read, a newer one is refused with an upgrade hint
       "created_by": "tinymm 0.1.0",         # optional: the writer's version
       "name": "scene-vlm-student",          # required: letters, digits, '.', '_', '-'
       "family": "vision-language",          # required: vision-language | speech | example
+      "architecture": "tinymm-vlm",         # v2, optional: the tinymm.families module that runs it
+                                            # (tinymm-vlm, tinymm-ctc, whisper, ...); default per family
       "tasks": ["caption", "ask"],          # required, non-empty, unique names
       "components": {                       # required, non-empty; key = component name
         "image_encoder": {
           "inputs":  [{"name": "pixel_values", "shape": ["batch", 3, 64, 64], "dtype": "float32"}],
           "outputs": [{"name": "image_embeds", "shape": ["batch", 64, 128], "dtype": "float32"}],
+          "roles": {"pixels": "pixel_values"},  # v2, optional: role -> tensor name (default: LAYOUT.md)
           "variants": {                     # precision (fp32 | fp16 | int8) -> ONNX file
             "fp32": {"file": "image_encoder.onnx"},
             "int8": {"file": "image_encoder.int8.onnx"}
@@ -69,7 +72,13 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from tinymm.bundle.constants import FAMILIES, FORMAT_NAME, FORMAT_VERSION
+from tinymm.bundle.constants import (
+    DEFAULT_ARCHITECTURES,
+    FAMILIES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    READABLE_FORMAT_VERSIONS,
+)
 from tinymm.bundle.errors import FieldTypeError, InvalidValueError, NotInBundleError, UnlistedFileError
 from tinymm.bundle.paths import check_relative_path
 from tinymm.bundle.specs import (
@@ -112,14 +121,21 @@ class Manifest:
     model_card: str | None = None  # bundle path of the model card, usually README.md
     created_by: str | None = None  # e.g. "tinymm 0.1.0"
     format_version: int = FORMAT_VERSION
+    # Which tinymm.families module runs the bundle (format v2), e.g. "whisper"; None: the
+    # family's default (DEFAULT_ARCHITECTURES), as for every format-v1 bundle.
+    architecture: str | None = None
 
     def __post_init__(self) -> None:
-        if self.format_version != FORMAT_VERSION:
+        if self.format_version not in READABLE_FORMAT_VERSIONS:
             raise InvalidValueError(
-                f"format_version={self.format_version!r}: this class models version {FORMAT_VERSION}"
+                f"format_version={self.format_version!r}: this class models versions {list(READABLE_FORMAT_VERSIONS)}"
             )
         check_name("name", self.name)
         check_choice("family", self.family, FAMILIES)
+        if self.architecture is not None:
+            if self.format_version < 2:
+                raise InvalidValueError("architecture needs format_version 2; version 1 derives it from the family")
+            check_name("architecture", self.architecture)
         self._check_tasks()
         self._check_components()
         files = as_mapping("files", self.files, FileEntry, "file entries")
@@ -196,6 +212,11 @@ class Manifest:
             refs.setdefault(self.model_card, "model_card")
         return refs
 
+    @property
+    def architecture_name(self) -> str:
+        """The architecture that runs this bundle: the declared one, else the family's default."""
+        return self.architecture if self.architecture is not None else DEFAULT_ARCHITECTURES[self.family]
+
     def component(self, name: str) -> Component:
         """The component called ``name``; NotInBundleError naming the ones there are otherwise."""
         if name not in self.components:
@@ -212,9 +233,10 @@ class Manifest:
         out: dict[str, Any] = {"format": FORMAT_NAME, "format_version": self.format_version}
         if self.created_by is not None:
             out["created_by"] = self.created_by
+        out.update(name=self.name, family=self.family)
+        if self.architecture is not None:
+            out["architecture"] = self.architecture
         out.update(
-            name=self.name,
-            family=self.family,
             tasks=list(self.tasks),
             components={name: c.to_dict() for name, c in self.components.items()},
         )

@@ -145,7 +145,7 @@ def _tensor(value: Any, path: str, source: str) -> TensorSpec:
     return _build(source, path, TensorSpec, name=name, shape=tuple(shape), dtype=dtype)
 
 
-def _component(name: str, value: Any, path: str, source: str) -> Component:
+def _component(name: str, value: Any, path: str, source: str, version: int) -> Component:
     obj = _Object(value, path, source)
     specs = {}
     for key in ("inputs", "outputs"):
@@ -158,9 +158,17 @@ def _component(name: str, value: Any, path: str, source: str) -> Component:
         file = vobj.get("file", "string")
         vobj.finish()
         variants[precision] = _build(source, vobj.path, Variant, file=file)
+    roles = obj.get("roles", "object", required=False, default={}) if version >= 2 else {}
+    for role, tensor in roles.items():
+        if not isinstance(tensor, str):
+            raise FieldTypeError(
+                f"{source}: {_join(path, 'roles')}.{role} must be a JSON string (a tensor name), got "
+                f"{_json_type(tensor)} {_short(tensor)}"
+            )
     obj.finish()
     return _build(
-        source, path, Component, name=name, inputs=specs["inputs"], outputs=specs["outputs"], variants=variants
+        source, path, Component, name=name, inputs=specs["inputs"], outputs=specs["outputs"], variants=variants,
+        roles=roles,
     )
 
 
@@ -208,7 +216,7 @@ def _file_entry(value: Any, path: str, source: str) -> FileEntry:
     return _build(source, path, FileEntry, sha256=sha256, size=size)
 
 
-def _check_format(top: _Object, source: str) -> None:
+def _check_format(top: _Object, source: str) -> int:
     fmt = top.get("format", "string")
     if fmt != FORMAT_NAME:
         raise UnknownFormatError(
@@ -225,6 +233,7 @@ def _check_format(top: _Object, source: str) -> None:
             f"{source}: format_version {version} is not a version tinymm has ever written "
             f"(versions start at 1; this tinymm reads {FORMAT_VERSION}); rebuild the bundle"
         )
+    return version
 
 
 def parse_manifest(value: Any, source: str = "manifest.json") -> Manifest:
@@ -235,16 +244,18 @@ def parse_manifest(value: Any, source: str = "manifest.json") -> Manifest:
             f"\"format\": {json.dumps(FORMAT_NAME)}; is this a tinymm bundle manifest?"
         )
     top = _Object(value, "", source)
-    _check_format(top, source)
+    version = _check_format(top, source)
     name = top.get("name", "string")
     family = top.get("family", "string")
+    # Version 1 has no architecture field (an unknown field there is refused as a typo).
+    architecture = top.get("architecture", "string", required=False) if version >= 2 else None
     tasks = top.get("tasks", "array")
     for i, task in enumerate(tasks):
         if not isinstance(task, str):
             raise FieldTypeError(f"{source}: tasks[{i}] must be a JSON string, got {_json_type(task)} {_short(task)}")
     components_obj = top.child("components")
     components = {
-        key: _component(key, raw, _join("components", key), source) for key, raw in components_obj.value.items()
+        key: _component(key, raw, _join("components", key), source, version) for key, raw in components_obj.value.items()
     }
     preprocess = _preprocess(top.optional_child("preprocess"), source)
     golden_items = top.get("golden", "array", required=False, default=[])
@@ -265,6 +276,7 @@ def parse_manifest(value: Any, source: str = "manifest.json") -> Manifest:
         Manifest,
         name=name,
         family=family,
+        architecture=architecture,
         tasks=tuple(tasks),
         components=components,
         files=files,
@@ -274,6 +286,7 @@ def parse_manifest(value: Any, source: str = "manifest.json") -> Manifest:
         model=model,
         model_card=model_card,
         created_by=created_by,
+        format_version=version,
     )
 
 

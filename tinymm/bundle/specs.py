@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from tinymm.bundle.constants import DTYPES, MANIFEST_NAME, PRECISIONS, SHA256_HEX_CHARS
@@ -83,6 +83,9 @@ class Component:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     variants: Mapping[str, Variant]  # precision (one of PRECISIONS) -> file
+    # What each tensor means to the runtime (format v2): role -> input or output name, e.g.
+    # {"features": "input_features"}. Empty: the family's default names (export/LAYOUT.md).
+    roles: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_name("name", self.name)
@@ -97,6 +100,27 @@ class Component:
             raise InvalidValueError("variants is empty; give at least the fp32 ONNX file")
         _check_precision_keys("variants", variants)
         object.__setattr__(self, "variants", variants)
+        roles = as_mapping("roles", self.roles, str, "tensor names")
+        tensors = {s.name for s in (*self.inputs, *self.outputs)}
+        for role, tensor in roles.items():
+            check_name(f"roles key {role!r}", role)
+            if tensor not in tensors:
+                raise InvalidValueError(
+                    f"roles[{role!r}]={tensor!r} is not an input or output of component {self.name!r}; "
+                    f"it has {sorted(tensors)}"
+                )
+        object.__setattr__(self, "roles", roles)
+
+    def tensor(self, role: str, default: str | None = None) -> str:
+        """The tensor name of ``role``: the manifest's roles entry, else ``default`` (the layout's name)."""
+        if role in self.roles:
+            return self.roles[role]
+        if default is None:
+            raise NotInBundleError(
+                f"component {self.name!r} declares no tensor for role {role!r}; its roles are "
+                f"{sorted(self.roles)}. Re-export the bundle (python -m export)"
+            )
+        return default
 
     @property
     def precisions(self) -> tuple[str, ...]:
@@ -116,6 +140,7 @@ class Component:
             "inputs": [s.to_dict() for s in self.inputs],
             "outputs": [s.to_dict() for s in self.outputs],
             "variants": {p: self.variants[p].to_dict() for p in self.precisions},
+            **({"roles": dict(self.roles)} if self.roles else {}),
         }
 
 

@@ -173,11 +173,13 @@ class BundleWriter:
         provenance: Mapping[str, Any] | None = None,
         model_card: str | None = None,
         model: Mapping[str, Any] | None = None,
+        architecture: str | None = None,
     ) -> Bundle:
         """Checksum the staged files, write manifest.json, validate, and publish at ``out_dir``.
 
         ``model_card`` defaults to README.md when one was added; ``model`` is the manifest's
-        free-form object of model hyperparameters. Returns the published bundle.
+        free-form object of model hyperparameters; ``architecture`` names the tinymm.families
+        module that runs the bundle (None: the family's default). Returns the published bundle.
         On failure nothing is published and the staged files are removed.
         """
         self._check_open()
@@ -202,6 +204,7 @@ class BundleWriter:
                     model=dict(model or {}),
                     model_card=model_card,
                     created_by=f"tinymm {__version__}",
+                    architecture=architecture,
                 )
             except UnlistedFileError as e:
                 raise MissingFileError(

@@ -68,6 +68,8 @@ def _component_lines(bundle: "Bundle") -> list[str]:
         lines.append(f"{INDENT}{name}")
         lines += [f"{INDENT * 2}input   {spec}" for spec in component.inputs]
         lines += [f"{INDENT * 2}output  {spec}" for spec in component.outputs]
+        if component.roles:
+            lines.append(f"{INDENT * 2}roles   " + ", ".join(f"{r}={t}" for r, t in component.roles.items()))
         lines += [f"{INDENT * 2}{p:<7} {_file(bundle, component.variants[p].file)}" for p in component.precisions]
     return lines
 
@@ -125,7 +127,8 @@ def render_text(bundle: "Bundle", report: "VerifyReport | None") -> str:
     manifest = bundle.manifest
     created = f", created by {manifest.created_by}" if manifest.created_by else ""
     lines = [
-        f"{manifest.name} (family {manifest.family}, format v{manifest.format_version}{created})",
+        f"{manifest.name} (family {manifest.family}, architecture {manifest.architecture_name}, "
+        f"format v{manifest.format_version}{created})",
         f"{INDENT}path:  {bundle.root}",
         f"{INDENT}tasks: {', '.join(manifest.tasks)}",
         "",
