@@ -24,6 +24,7 @@ MEL_SCALES = ("slaney", "htk")
 MEL_NORMS = ("slaney", "none")
 LOG_KINDS = ("log10", "ln")
 NORMALIZATIONS = ("whisper", "utterance", "none")
+TOKENIZER_KINDS = ("sentencepiece", "hf-tokenizers")  # a sentencepiece .model; a Hugging Face tokenizer.json
 
 _Config = TypeVar("_Config")
 
@@ -115,6 +116,10 @@ class AudioConfig:
     normalization: str = "whisper"  # whisper: clamp to max-8, (x+4)/4; utterance: per-band mean/std; none
     max_seconds: float = 30.0  # longer inputs are refused with InputError (chunk them first)
     dtype: str = "float32"  # tensor dtype handed to the model
+    # Whisper: pad (with zeros) or trim every clip to this many seconds before the STFT, so the
+    # features always have pad_to_seconds * sample_rate / hop_length frames; None: the clip's own length.
+    pad_to_seconds: float | None = None
+    drop_last_frame: bool = False  # Whisper drops the STFT's last frame (3000 frames for 30 s, not 3001)
 
     def __post_init__(self) -> None:
         for name in ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels"):
@@ -136,6 +141,10 @@ class AudioConfig:
             )
         for name in ("power", "log_floor", "max_seconds"):
             _check_positive(f"audio.{name}", getattr(self, name))
+        if self.pad_to_seconds is not None:
+            _check_positive("audio.pad_to_seconds", self.pad_to_seconds)
+        if not isinstance(self.drop_last_frame, bool):
+            raise ValueError(f"audio.drop_last_frame={self.drop_last_frame!r} must be true or false")
 
     @property
     def max_samples(self) -> int:
@@ -154,7 +163,7 @@ class AudioConfig:
 class TextConfig:
     """How text becomes token ids: a sentencepiece model, special ids and prompt templates."""
 
-    tokenizer: str  # sentencepiece model file, relative to the bundle root
+    tokenizer: str  # tokenizer file (a sentencepiece .model or a tokenizer.json), relative to the bundle root
     context_length: int  # most tokens the decoder accepts, prompt included
     bos_id: int = 1  # -1 when the vocabulary has none
     eos_id: int = 2  # -1 when the vocabulary has none
@@ -166,8 +175,10 @@ class TextConfig:
     special_tokens: Mapping[str, int] = field(default_factory=dict)
     # Task name -> template with {placeholders}, e.g. {"ask": "question: {question} answer:"}.
     prompt_templates: Mapping[str, str] = field(default_factory=dict)
+    kind: str = "sentencepiece"  # the tokenizer file's format, one of TOKENIZER_KINDS
 
     def __post_init__(self) -> None:
+        _check_choice("text.kind", self.kind, TOKENIZER_KINDS)
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             raise ValueError(f"text.tokenizer={self.tokenizer!r} must be a file name inside the bundle")
         if isinstance(self.context_length, bool) or not isinstance(self.context_length, int) or self.context_length <= 0:
