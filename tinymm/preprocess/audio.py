@@ -17,7 +17,11 @@ at serving time:
    in the units of the chosen log); ``utterance`` subtracts each band's mean over time and divides
    by its standard deviation plus ``UTTERANCE_EPS``; ``none`` leaves the log energies.
 
-All frames are kept (whisper's own front end drops the last one; this one does not).
+Whisper's front end (``pad_to_seconds=30``, ``drop_last_frame=True``) first pads the clip with zeros
+or trims it to exactly 30 s, and drops the STFT's last frame, so every window gives (n_mels, 3000)
+features, the ``max - 8`` clamp taken over those 3000 frames (as openai/whisper's
+``log_mel_spectrogram(pad_or_trim(audio))`` and transformers' WhisperFeatureExtractor). Other
+configs keep the clip's own length and every frame.
 """
 
 from __future__ import annotations
@@ -135,14 +139,33 @@ def analysis_window(config: AudioConfig) -> np.ndarray:
 
 
 def min_samples(config: AudioConfig) -> int:
-    """Fewest samples that give one frame (reflect padding needs more samples than it pads)."""
-    return config.n_fft // 2 + 1 if config.center else config.n_fft
+    """Fewest samples that give one frame (reflect padding needs more samples than it pads).
+
+    With ``pad_to_seconds`` any clip is padded to that length first, so the fewest is 1;
+    ``drop_last_frame`` needs one frame more.
+    """
+    if config.pad_to_seconds is not None:
+        return 1
+    one_frame = config.n_fft // 2 + 1 if config.center else config.n_fft
+    if not config.drop_last_frame:
+        return one_frame
+    two_frames = config.hop_length if config.center else config.n_fft + config.hop_length
+    return max(one_frame, two_frames)  # one frame is left after the drop
+
+
+def window_samples(config: AudioConfig) -> int | None:
+    """Samples every clip is padded or trimmed to (``pad_to_seconds`` at sample_rate); None: its own length."""
+    if config.pad_to_seconds is None:
+        return None
+    return int(round(config.pad_to_seconds * config.sample_rate))
 
 
 def frame_count(num_samples: int, config: AudioConfig) -> int:
     """Number of feature frames for a clip of num_samples at config.sample_rate."""
+    fixed = window_samples(config)
+    num_samples = num_samples if fixed is None else fixed
     padded = num_samples + 2 * (config.n_fft // 2) if config.center else num_samples
-    return 1 + (padded - config.n_fft) // config.hop_length
+    return 1 + (padded - config.n_fft) // config.hop_length - int(config.drop_last_frame)
 
 
 def batch_features(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -185,6 +208,7 @@ class AudioPreprocessor:
         self._dtype = np.dtype(config.dtype)
         self._log = np.log10 if config.log == "log10" else np.log
         self._min_samples = min_samples(config)
+        self._window_samples = window_samples(config)  # None: every clip keeps its own length
 
     def waveform(self, source: AudioSource, sample_rate: int | None = None) -> np.ndarray:
         """Any ``load_audio`` source -> (samples,) float32 mono at config.sample_rate.
@@ -222,6 +246,16 @@ class AudioPreprocessor:
             raise InputError("audio contains NaN or infinite samples; pass finite values in [-1, 1]")
         return waveform
 
+    def _pad_or_trim(self, waveform: np.ndarray) -> np.ndarray:
+        """(samples,) -> (window_samples,): zeros appended, or the end cut (whisper's pad_or_trim)."""
+        size = self._window_samples
+        if size is None or waveform.shape[0] == size:
+            return waveform
+        out = np.zeros(size, dtype=np.float32)
+        kept = min(size, waveform.shape[0])
+        out[:kept] = waveform[:kept]
+        return out
+
     def features(self, waveform: np.ndarray) -> np.ndarray:
         """One decoded mono waveform at config.sample_rate -> log-mel features.
 
@@ -229,16 +263,19 @@ class AudioPreprocessor:
             waveform: (samples,) float, normally in [-1, 1].
 
         Returns:
-            (n_mels, frame_count(samples)) array of config.dtype.
+            (n_mels, frame_count(samples)) array of config.dtype: (n_mels, pad_to_seconds *
+            sample_rate / hop_length) with Whisper's settings, whatever the clip's length.
 
         Raises:
-            InputError: not 1-D float, too short for one frame, longer than max_seconds, NaN/inf.
+            InputError: not 1-D float, too short for one frame, empty, longer than max_seconds, NaN/inf.
         """
         cfg = self.config
-        x = self._check(waveform)
+        x = self._pad_or_trim(self._check(waveform))
         if cfg.center:
             x = np.pad(x, cfg.n_fft // 2, mode="reflect")
         frames = sliding_window_view(x, cfg.n_fft)[:: cfg.hop_length]  # (T, n_fft), a view
+        if cfg.drop_last_frame:
+            frames = frames[:-1]  # before the max - 8 clamp, which whisper takes over the kept frames
         # OpenCV's DFT over the rows: 3-5x faster than np.fft.rfft here on float32 frames, same values
         # to float32 rounding. Complex output is (T, n_fft, 2); the first n_fft // 2 + 1 bins are the
         # one-sided spectrum that rfft returns.
