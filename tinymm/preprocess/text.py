@@ -190,6 +190,14 @@ class Tokenizer:
             return self._special_names[token_id]
         return self._sp.id_to_piece(token_id)
 
+    def token_to_id(self, token: str) -> int | None:
+        """The id of a special token name or a sentencepiece piece; None when there is none."""
+        if token in self.config.special_tokens:
+            return self.config.special_tokens[token]
+        token_id = self._sp.piece_to_id(token) if isinstance(token, str) else -1
+        unknown = token_id == self._sp.unk_id() and token != self._sp.id_to_piece(token_id)
+        return None if token_id < 0 or unknown else int(token_id)
+
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, with no bos/eos and no truncation."""
         return list(self._sp.encode(_check_text(text, "text")))
