@@ -36,11 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script: export/ lives in the checkout,
     sys.path.insert(0, str(ROOT))
 
 from tinymm.errors import EXIT_BUNDLE, EXIT_TOLERANCE, EXIT_USAGE  # noqa: E402
-from tinymm.pipelines.loading import (  # noqa: E402
-    DEFAULT_BUNDLES_DIR,
-    DEFAULT_SPEECH_BUNDLE,
-    DEFAULT_VISION_BUNDLE,
-)
+from tinymm.bundle.names import DEFAULT_BUNDLES_DIR, DEFAULT_SPEECH_BUNDLE, DEFAULT_VISION_BUNDLE  # noqa: E402
 
 logger = logging.getLogger("make_default_bundles")
 

@@ -51,3 +51,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, reason in reasons.items():
             if reason is not None and marker in item.keywords:
                 item.add_marker(pytest.mark.skip(reason=f"{marker}: {reason}"))
+
+
+@pytest.fixture(autouse=True)
+def _no_user_bundles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Bundle names resolve against the shipped bundles and an empty user bundle directory, never
+    the bundles of the user running the tests (tinymm.bundle.names.user_bundle_dir)."""
+    monkeypatch.setenv("TINYMM_BUNDLE_DIR", str(tmp_path_factory.getbasetemp() / "no-user-bundles"))

@@ -94,11 +94,11 @@ def test_missing_bundle_path(tmp_path: Path, capsys) -> None:
 def test_info_and_verify_take_a_default_bundle_name(tiny_bundle: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     import shutil
 
-    import tinymm.pipelines.loading as loading
+    import tinymm.bundle.names as names
 
     shipped = tmp_path / "shipped"
     shutil.copytree(tiny_bundle, shipped / "tiny-default")
-    monkeypatch.setattr(loading, "DEFAULT_BUNDLES_DIR", shipped)
+    monkeypatch.setattr(names, "DEFAULT_BUNDLES_DIR", shipped)
     code, out, _ = _run(capsys, "info", "tiny-default", "--json")
     assert code == 0 and json.loads(out)["root"] == str(shipped / "tiny-default")
     code, out, _ = _run(capsys, "verify", "tiny-default", "--json")

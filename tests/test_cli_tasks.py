@@ -144,7 +144,7 @@ def test_bad_images_exit_3_with_one_line(files, capsys):
 def test_missing_or_wrong_bundles_exit_4(files, capsys, tmp_path, monkeypatch):
     code, payload = _json(capsys, "caption", str(files["image"]), "--bundle", "/no/such/bundle")
     assert code == EXIT_BUNDLE and not payload["ok"]
-    monkeypatch.setattr("tinymm.pipelines.loading.DEFAULT_BUNDLES_DIR", tmp_path / "no-defaults")
+    monkeypatch.setattr("tinymm.bundle.names.DEFAULT_BUNDLES_DIR", tmp_path / "no-defaults")
     code, _, err = _run(capsys, "caption", str(files["image"]))  # an install without the default bundles
     assert code == EXIT_BUNDLE and "scene-vlm" in err and "make_default_bundles.py" in err
     code, _, err = _run(capsys, "caption", str(files["image"]), "--bundle", str(files["speech"]))

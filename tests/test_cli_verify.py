@@ -162,7 +162,7 @@ def test_tensorrt_checks_get_what_tinymm_load_gives_them(tmp_path: Path, monkeyp
     from tinymm.backends import get_backend
     from tinymm.bundle import read_bundle
     from tinymm.commands.verify import verify_golden
-    from tinymm.pipelines.loading import LoadOptions
+    from tinymm.pipelines.load_options import LoadOptions
 
     monkeypatch.setenv("TINYMM_CACHE_DIR", str(tmp_path / "cache"))
     real = get_backend("onnxruntime")

@@ -26,7 +26,7 @@ from fake_sessions import (
     vlm_sessions,
 )
 
-import tinymm.pipelines.loading
+import tinymm.bundle.names
 from tinymm.cli import main
 from tinymm.commands.demo import (
     SAMPLES_DIR,
@@ -167,7 +167,7 @@ def test_demo_honours_precision(bundles, capsys):
 
 
 def test_missing_default_bundle_says_how_to_build_it(bundles, capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(tinymm.pipelines.loading, "DEFAULT_BUNDLES_DIR", tmp_path / "none")
+    monkeypatch.setattr(tinymm.bundle.names, "DEFAULT_BUNDLES_DIR", tmp_path / "none")
     capsys.readouterr()
     code = main(["demo", "--samples", str(bundles["samples"])])
     err = capsys.readouterr().err
@@ -303,7 +303,7 @@ def test_caption_claims_read_the_generator_wording():
 
 
 def test_the_shipped_demo_runs(capsys):
-    shipped = [tinymm.pipelines.loading.DEFAULT_BUNDLES_DIR / name for name in ("scene-vlm", "speech-commands")]
+    shipped = [tinymm.bundle.names.DEFAULT_BUNDLES_DIR / name for name in ("scene-vlm", "speech-commands")]
     missing = [str(p) for p in (*shipped, SAMPLES_DIR / "samples.json") if not p.exists()]
     if missing:
         pytest.skip(f"the default bundles or samples are not built here (missing {missing}); "

@@ -16,18 +16,20 @@ import pytest
 from tinymm.backends.base import BackendOptions
 from tinymm.backends.engine_cache import InputProfile
 from tinymm.backends.ort_providers import TRT_CACHE_SUBDIR, tensorrt_provider_options, trt_profile_options
-from tinymm.bundle import Component, FileEntry, Manifest, Preprocess, TensorSpec, Variant
-from tinymm.errors import BackendError, BundleError
-from tinymm.pipelines import loading
-from tinymm.pipelines.loading import (
-    LoadOptions,
+from tinymm.backends.trt_profiles import (
+    BUNDLE_HASH_HEX_CHARS,
     bundle_cache_dirname,
     bundle_shape_limits,
+    component_backend_options,
     component_trt_profiles,
     engine_cache_dir,
     engine_cache_root,
-    open_sessions,
 )
+from tinymm.bundle import Component, FileEntry, Manifest, Preprocess, TensorSpec, Variant
+from tinymm.bundle.names import default_bundle_names
+from tinymm.errors import BackendError, BundleError
+from tinymm.pipelines.load_options import LoadOptions
+from tinymm.pipelines.sessions import open_sessions
 from tinymm.preprocess.config import TextConfig
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
@@ -177,6 +179,36 @@ def test_a_dimension_the_contract_does_not_bound_is_a_bundle_error():
         bundle_shape_limits(speech_manifest(model={"max_frames": "long"}))
 
 
+def test_a_bundle_that_declares_its_dynamic_dims_gets_exactly_those():
+    # A Whisper-like decoder: its dimensions are not the contract's fixed names.
+    decoder = _component("decoder", [_spec("tokens", "batch", "dec_len", dtype="int64"),
+                                      _spec("encoder_states", "batch", "enc_len", 8)], [_spec("logits", "batch", 7)])
+    manifest = _manifest("whisper-like", "speech", [decoder], model={"dynamic_dims": {"dec_len": 448, "enc_len": 1500}})
+    limits = bundle_shape_limits(manifest, max_batch=4)
+    assert limits.batch == (1, 1, 4) and limits.dims == {"dec_len": (1, 224, 448), "enc_len": (1, 750, 1500)}
+    assert [p.max for p in component_trt_profiles(manifest, "decoder", limits)] == [(4, 1500, 8), (4, 448)]
+    # The declared dims replace the fixed names (this manifest's text contract would have given seq and past).
+    assert "seq" not in limits.dims
+    # A declared batch bound lowers max_batch, never raises it.
+    capped = _manifest("capped", "speech", [decoder], model={"dynamic_dims": {"batch": 2, "dec_len": 4, "enc_len": 4}})
+    assert bundle_shape_limits(capped, max_batch=4).batch == (1, 1, 2)
+    assert bundle_shape_limits(capped, max_batch=1).batch == (1, 1, 1)
+    with pytest.raises(BundleError, match=r"'decoder'.*'enc_len'.*dynamic_dims"):
+        missing = _manifest("missing", "speech", [decoder], model={"dynamic_dims": {"dec_len": 4}})
+        component_trt_profiles(missing, "decoder", bundle_shape_limits(missing))
+
+
+@pytest.mark.parametrize("declared, message", [
+    ({}, "non-empty object"),
+    ([["seq", 4]], "non-empty object"),
+    ({"seq": 0}, r"dynamic_dims\['seq'\]=0.*positive integer"),
+    ({"seq": True}, "positive integer"),
+])
+def test_bad_dynamic_dims_are_bundle_errors(declared, message):
+    with pytest.raises(BundleError, match=message):
+        bundle_shape_limits(speech_manifest(model={"dynamic_dims": declared}))
+
+
 def test_input_names_onnxruntime_cannot_parse_are_refused():
     profile = InputProfile("a:b", (1,), (1,), (2,))
     with pytest.raises(BackendError, match=r"'a:b'.*separators"):
@@ -225,7 +257,7 @@ def test_each_bundle_content_gets_its_own_directory(tmp_path):
     manifest = vlm_manifest()
     env = {"TINYMM_CACHE_DIR": str(tmp_path / "env")}
     name = bundle_cache_dirname(manifest)
-    assert name.startswith("tiny-vlm-") and len(name) == len("tiny-vlm-") + loading.BUNDLE_HASH_HEX_CHARS
+    assert name.startswith("tiny-vlm-") and len(name) == len("tiny-vlm-") + BUNDLE_HASH_HEX_CHARS
     assert engine_cache_dir(manifest, LoadOptions(), env) == tmp_path / "env" / name
     assert engine_cache_dir(manifest, LoadOptions(cache_dir=tmp_path / "over"), env) == tmp_path / "over" / name
     assert engine_cache_dir(manifest, LoadOptions(engine_cache=False), env) is None
@@ -326,7 +358,7 @@ def test_other_providers_get_no_cache_and_no_profiles(tmp_path, monkeypatch, pro
 
 def test_a_cpu_load_never_touches_the_cache(tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime", reason="loading a bundle needs onnxruntime")
-    if "speech-commands" not in loading.default_bundle_names():
+    if "speech-commands" not in default_bundle_names():
         pytest.skip("the default speech bundle is not built in this checkout (scripts/make_default_bundles.py)")
     import onnxruntime
 
@@ -367,6 +399,6 @@ def test_a_partial_tensorrt_graph_gets_a_hint():
 def test_tensorrt_sessions_get_the_flag_of_their_variant(tmp_path, monkeypatch, precision, fp16, int8):
     monkeypatch.setenv("TINYMM_CACHE_DIR", str(tmp_path / "cache"))
     chosen = {"image_encoder": precision, "decoder_first": "fp32"}
-    options = loading.component_backend_options(vlm_manifest(), chosen, LoadOptions(), "tensorrt")
+    options = component_backend_options(vlm_manifest(), chosen, LoadOptions(), "tensorrt")
     assert (options["image_encoder"].trt_fp16, options["image_encoder"].trt_int8) == (fp16, int8)
     assert (options["decoder_first"].trt_fp16, options["decoder_first"].trt_int8) == (False, False)

@@ -332,7 +332,7 @@ def test_load_from_an_archive(bundles, tmp_path):
 
 
 def test_load_errors(bundles, tmp_path, monkeypatch):
-    monkeypatch.setattr("tinymm.pipelines.loading.DEFAULT_BUNDLES_DIR", tmp_path / "no-defaults")
+    monkeypatch.setattr("tinymm.bundle.names.DEFAULT_BUNDLES_DIR", tmp_path / "no-defaults")
     with pytest.raises(BundleError, match="none in .*make_default_bundles.py"):
         tinymm.load("scene-vlm")
     with pytest.raises(BundleError, match="neither an existing path nor a default bundle"):

@@ -8,7 +8,7 @@ key of the last build for that model and precision, which is how a rebuild can s
 happens ("TensorRT version changed: 10.3.0 -> 10.7.0").
 
 Cache layout under a directory chosen by the caller (e.g. `~/.cache/tinymm/<bundle>-<manifest hash>/tensorrt`, next to
-the engines onnxruntime caches for `tinymm.load`; see `tinymm.pipelines.loading.engine_cache_dir`):
+the engines onnxruntime caches for `tinymm.load`; see `tinymm.backends.trt_profiles.engine_cache_dir`):
     <stem>.<precision>.<fingerprint>.engine    the serialized engine
     <stem>.<precision>.json                    the EngineKey of the newest engine of that slot
     timing-<gpu>-trt<version>.cache            TensorRT's timing cache, shared by all builds

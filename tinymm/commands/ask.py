@@ -20,12 +20,9 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from tinymm.bundle.names import DEFAULT_SPEECH_BUNDLE, DEFAULT_VISION_BUNDLE
     from tinymm.decoding.options import DecodingOptions
-    from tinymm.pipelines.loading import (
-        DEFAULT_SPEECH_BUNDLE,
-        DEFAULT_VISION_BUNDLE,
-        LoadOptions,
-    )
+    from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser(
         "ask", help="answer a question about an image", description="Answer a question (typed or spoken) about an image."
@@ -43,7 +40,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from tinymm.decoding.options import DecodingOptions
     from tinymm.errors import InputError
-    from tinymm.pipelines.loading import LoadOptions, load_with
+    from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.pipelines.loading import load_with
 
     if args.question is not None and args.question_flag is not None:
         raise InputError("give the question once: as QUESTION or as --question, not both")

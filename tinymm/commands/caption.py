@@ -15,8 +15,9 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from tinymm.bundle.names import DEFAULT_VISION_BUNDLE
     from tinymm.decoding.options import DecodingOptions
-    from tinymm.pipelines.loading import DEFAULT_VISION_BUNDLE, LoadOptions
+    from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser("caption", help="describe images", description="Describe images (one batch).")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file, or - for image bytes on stdin")
@@ -27,7 +28,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from tinymm.decoding.options import DecodingOptions
-    from tinymm.pipelines.loading import LoadOptions, load_with
+    from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.pipelines.loading import load_with
 
     vlm = load_with(args.bundle, LoadOptions.from_args(args), family="vision-language")
     images = [sys.stdin.buffer.read() if name == "-" else name for name in args.images]

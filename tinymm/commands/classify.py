@@ -40,7 +40,8 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from tinymm.pipelines.loading import DEFAULT_VISION_BUNDLE, LoadOptions
+    from tinymm.bundle.names import DEFAULT_VISION_BUNDLE
+    from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser("classify", help="rank labels for images", description="Zero-shot image classification.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file, or - for image bytes on stdin")
@@ -71,7 +72,8 @@ def read_labels(args: argparse.Namespace) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinymm.pipelines.loading import LoadOptions, load_with
+    from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.pipelines.loading import load_with
 
     labels = read_labels(args)
     vlm = load_with(args.bundle, LoadOptions.from_args(args), family="vision-language")

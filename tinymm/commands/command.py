@@ -20,7 +20,8 @@ from tinymm.commands.transcribe import add_grammar_flag, apply_grammar_flag
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from tinymm.pipelines.loading import DEFAULT_SPEECH_BUNDLE, LoadOptions
+    from tinymm.bundle.names import DEFAULT_SPEECH_BUNDLE
+    from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser(
         "command", help="understand a spoken command", description="Transcribe a spoken command and parse its intent."
@@ -32,7 +33,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinymm.pipelines.loading import LoadOptions, load_with
+    from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.pipelines.loading import load_with
 
     speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
     apply_grammar_flag(speech, args)

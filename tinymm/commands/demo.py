@@ -278,13 +278,8 @@ def _warm_up(vision: Any, speech: Any, samples: Mapping[str, Any], root: Path) -
 def _load(name_or_path: str, flag: str, family: str, options: Any) -> tuple[Any, float]:
     """(pipeline, load ms); a missing default bundle says how to build it."""
     from tinymm.bundle.errors import BundleNotFoundError
-    from tinymm.pipelines.loading import (
-        DEFAULT_BUNDLES_DIR,
-        DEFAULT_SPEECH_BUNDLE,
-        DEFAULT_VISION_BUNDLE,
-        load_with,
-        resolve_bundle,
-    )
+    from tinymm.bundle.names import DEFAULT_BUNDLES_DIR, DEFAULT_SPEECH_BUNDLE, DEFAULT_VISION_BUNDLE, resolve_bundle
+    from tinymm.pipelines.loading import load_with
 
     default = DEFAULT_VISION_BUNDLE if family == "vision-language" else DEFAULT_SPEECH_BUNDLE
     if name_or_path == default:
@@ -368,11 +363,8 @@ def render_text(report: Mapping[str, Any], checks: Mapping[str, Sequence[Check]]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from tinymm.pipelines.loading import (
-        DEFAULT_SPEECH_BUNDLE,
-        DEFAULT_VISION_BUNDLE,
-        LoadOptions,
-    )
+    from tinymm.bundle.names import DEFAULT_SPEECH_BUNDLE, DEFAULT_VISION_BUNDLE
+    from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser(
         "demo", help="run every task on the bundled sample inputs",
@@ -388,7 +380,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinymm.pipelines.loading import LoadOptions
+    from tinymm.pipelines.load_options import LoadOptions
 
     samples = read_samples(args.samples)
     options = LoadOptions.from_args(args)

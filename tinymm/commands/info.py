@@ -174,7 +174,7 @@ def describe_json(bundle: "Bundle", report: "VerifyReport | None") -> dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     from tinymm.bundle import read_bundle, verify_bundle
-    from tinymm.pipelines.loading import resolve_bundle
+    from tinymm.bundle.names import resolve_bundle
 
     with read_bundle(resolve_bundle(args.bundle), verify_checksums=False) as bundle:
         report = None if args.no_verify else verify_bundle(bundle)

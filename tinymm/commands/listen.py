@@ -43,7 +43,8 @@ def _rate(text: str) -> int:
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from tinymm.pipelines.loading import DEFAULT_SPEECH_BUNDLE, LoadOptions
+    from tinymm.bundle.names import DEFAULT_SPEECH_BUNDLE
+    from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser(
         "listen", help="transcribe utterances of an audio stream", description="Voice activity detection + speech."
@@ -63,7 +64,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from tinymm.errors import InputError
-    from tinymm.pipelines.loading import LoadOptions, load_with
+    from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.pipelines.loading import load_with
     from tinymm.streams.audio import VADOptions, listen, pcm_chunks, wav_chunks
 
     given = {"threshold_db": args.threshold_db, "hangover_ms": args.hangover_ms, "max_utterance_s": args.max_utterance_s}

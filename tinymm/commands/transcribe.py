@@ -19,7 +19,8 @@ from typing import Any
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    from tinymm.pipelines.loading import DEFAULT_SPEECH_BUNDLE, LoadOptions
+    from tinymm.bundle.names import DEFAULT_SPEECH_BUNDLE
+    from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser("transcribe", help="transcribe audio clips", description="Transcribe audio clips.")
     parser.add_argument("clips", nargs="+", metavar="CLIP", help="WAV file, or - for WAV bytes on stdin")
@@ -40,7 +41,8 @@ def apply_grammar_flag(speech: Any, args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tinymm.pipelines.loading import LoadOptions, load_with
+    from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.pipelines.loading import load_with
 
     speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
     apply_grammar_flag(speech, args)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tinymm.errors import EXIT_OK, EXIT_TOLERANCE, InputError
-from tinymm.pipelines.loading import LoadOptions
+from tinymm.pipelines.load_options import LoadOptions
 
 if TYPE_CHECKING:
     import numpy as np
@@ -173,7 +173,8 @@ def verify_golden(
     load_options gives the TensorRT engine cache settings (default: tinymm.load's defaults).
     Raises BundleError for a bad golden file, BackendError when a model cannot be loaded or run.
     """
-    from tinymm.pipelines.loading import component_backend_options, resolved_provider
+    from tinymm.backends.trt_profiles import component_backend_options
+    from tinymm.pipelines.sessions import resolved_provider
 
     options = load_options or LoadOptions()
     chosen_provider = resolved_provider(backend, provider)
@@ -237,7 +238,7 @@ def render_text(bundle: "Bundle", backend_name: str, results: Sequence[GoldenRes
 def run(args: argparse.Namespace) -> int:
     from tinymm.backends import get_backend
     from tinymm.bundle import read_bundle, verify_bundle
-    from tinymm.pipelines.loading import resolve_bundle
+    from tinymm.bundle.names import resolve_bundle
 
     with read_bundle(resolve_bundle(args.bundle), verify_checksums=False) as bundle:
         verify_bundle(bundle)  # checksums, interfaces and golden shapes before running anything

@@ -39,7 +39,8 @@ def _positive(kind: type) -> Any:
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from tinymm.commands.classify import add_label_arguments
     from tinymm.decoding.options import DecodingOptions
-    from tinymm.pipelines.loading import DEFAULT_VISION_BUNDLE, LoadOptions
+    from tinymm.bundle.names import DEFAULT_VISION_BUNDLE
+    from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser(
         "watch", help="run a vision task on live video", description="Run caption, ask or classify on a video stream."
@@ -70,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     from tinymm.commands.classify import read_labels
     from tinymm.decoding.options import DecodingOptions
     from tinymm.errors import InputError
-    from tinymm.pipelines.loading import LoadOptions, load_with
+    from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.pipelines.loading import load_with
     from tinymm.streams.video import WatchOptions, watch
 
     if (args.task == "ask") != (args.question is not None):

@@ -3,14 +3,21 @@
 - ``VisionLanguagePipeline``: ``caption``, ``ask``, ``classify``, ``embed_image``, ``embed_text``;
 - ``SpeechPipeline``: ``transcribe``, ``command`` (transcript + intent);
 - ``SpokenQuestionPipeline``: ``ask(image, audio)``, a spoken question about an image;
-- ``load(name_or_path, ...)``: the pipeline of a bundle's family (also ``tinymm.load``).
+- ``load(name_or_path, ...)``: the pipeline of a bundle's architecture (also ``tinymm.load``),
+  with ``LoadOptions`` (``load_options``: the loading flags the task subcommands share).
+
+Module map: ``loading`` (load, load_with), ``load_options`` (LoadOptions and its CLI flags),
+``sessions`` (the models and tokenizer of a bundle, opened for a family's constructor),
+``results``, and one module per task surface (``vision_language``, ``speech``,
+``spoken_question``). Bundle names are resolved by ``tinymm.bundle.names``; the architectures
+live in ``tinymm.families``.
 
 Each pipeline is built from a bundle with ``from_bundle`` (sherpa-onnx style); its constructor
 takes sessions, preprocessors and the manifest's model object, so that any backend Session (or a
 test's fake) can be plugged in. Results are in ``results``.
 
 Names are imported from their module on first use (PEP 562): the CLI declares its flags from
-``loading`` without importing numpy, OpenCV or onnxruntime.
+``load_options`` without importing numpy, OpenCV or onnxruntime.
 """
 
 from __future__ import annotations
@@ -20,10 +27,8 @@ from typing import TYPE_CHECKING
 from tinymm.lazy_exports import lazy_attributes
 
 _EXPORTS = {
-    "LoadOptions": "loading",
-    "default_bundle_names": "loading",
+    "LoadOptions": "load_options",
     "load": "loading",
-    "resolve_bundle": "loading",
     "AnswerResult": "results",
     "CaptionResult": "results",
     "ClassifyResult": "results",
@@ -39,12 +44,8 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:
-    from tinymm.pipelines.loading import (
-        LoadOptions,
-        default_bundle_names,
-        load,
-        resolve_bundle,
-    )
+    from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.pipelines.loading import load
     from tinymm.pipelines.results import (
         AnswerResult,
         CaptionResult,
@@ -75,9 +76,7 @@ __all__ = [
     "TranscriptResult",
     "VisionLanguagePipeline",
     "VisionLanguageSettings",
-    "default_bundle_names",
     "load",
-    "resolve_bundle",
 ]
 
 

@@ -28,8 +28,9 @@ from tinymm.decoding.grammar import GrammarDecoder, check_grammar_name
 from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
 from tinymm.intent import IntentParser
-from tinymm.pipelines.loading import LoadOptions, bundle_tokenizer, open_sessions
+from tinymm.pipelines.load_options import LoadOptions
 from tinymm.pipelines.results import CommandResult, StageTimer, TranscriptResult
+from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
 from tinymm.preprocess.audio import AudioPreprocessor, batch_features
 from tinymm.preprocess.text import Tokenizer
 

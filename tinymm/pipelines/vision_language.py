@@ -37,7 +37,7 @@ from tinymm.decoding import (
     make_inference,
 )
 from tinymm.errors import BundleError, InputError
-from tinymm.pipelines.loading import LoadOptions, bundle_tokenizer, open_sessions
+from tinymm.pipelines.load_options import LoadOptions
 from tinymm.pipelines.results import (
     AnswerResult,
     CaptionResult,
@@ -45,6 +45,7 @@ from tinymm.pipelines.results import (
     StageTimer,
     Timings,
 )
+from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
 from tinymm.preprocess.image import ImagePreprocessor
 from tinymm.preprocess.text import Tokenizer
 
