@@ -11,7 +11,10 @@ Split as whisper splits its decoder, so that a pipeline assembles the pieces it 
 - ``ctc``: ``ctc_greedy_decode`` for the speech encoder;
 - ``lexicon``: ``Lexicon``, which snaps a CTC transcript's misspelt words to the bundle's words;
 - ``grammar``: ``GrammarDecoder``, CTC Viterbi decoding constrained to a command grammar
-  (``GrammarGraph``), with a fallback to the free transcript for speech outside it.
+  (``GrammarGraph``), with a fallback to the free transcript for speech outside it;
+- ``whisper_tokens``: ``WhisperTokens``, a Whisper vocabulary's special ids and start sequence;
+- ``whisper_filters``: Whisper's logit filters (``SuppressBlank``, ``SuppressTokens``,
+  ``ApplyTimestampRules``) and ``whisper_filters``, which assembles them.
 
 Names are imported from their module on first use (PEP 562), so that ``tinymm.decoding.options``
 (the CLI flags of DecodingOptions) can be imported without numpy.
@@ -49,6 +52,11 @@ _EXPORTS = {
     "beam_search": "search",
     "generate": "search",
     "greedy_search": "search",
+    "ApplyTimestampRules": "whisper_filters",
+    "SuppressBlank": "whisper_filters",
+    "SuppressTokens": "whisper_filters",
+    "whisper_filters": "whisper_filters",
+    "WhisperTokens": "whisper_tokens",
 }
 
 if TYPE_CHECKING:
@@ -79,8 +87,16 @@ if TYPE_CHECKING:
         generate,
         greedy_search,
     )
+    from tinymm.decoding.whisper_filters import (
+        ApplyTimestampRules,
+        SuppressBlank,
+        SuppressTokens,
+        whisper_filters,
+    )
+    from tinymm.decoding.whisper_tokens import WhisperTokens
 
 __all__ = [
+    "ApplyTimestampRules",
     "CTCHypothesis",
     "DecodingOptions",
     "Generation",
@@ -94,6 +110,9 @@ __all__ = [
     "NoRepeatNGram",
     "RecomputeInference",
     "RepetitionPenalty",
+    "SuppressBlank",
+    "SuppressTokens",
+    "WhisperTokens",
     "beam_search",
     "build_filters",
     "check_decoder_layout",
@@ -106,6 +125,7 @@ __all__ = [
     "kv_names",
     "log_softmax",
     "make_inference",
+    "whisper_filters",
 ]
 
 

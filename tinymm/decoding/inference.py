@@ -7,13 +7,25 @@ The search strategies (search.py) see a decoder only through the ``Inference`` p
 - ``select(rows)``: keep, reorder or repeat rows (beam search expands each input into its beams
   and follows the surviving hypotheses; greedy search drops rows that finished).
 
-``KVCacheInference`` drives the two decoder graphs of a vision-language bundle (the layout is in
-export/LAYOUT.md)::
+``KVCacheInference`` drives the two decoder graphs of a bundle in one of two layouts. The
+``"cross-in"`` layout of the vision-language bundles (export/LAYOUT.md), where the image encoder
+computes the cross-attention K/V once per image::
 
     decoder_first      input_ids (batch, seq) int64, cross.{i}.key|value (batch, heads, N_img, head_dim)
                        -> logits (batch, seq, V), present.{i}.key|value (batch, heads, seq, head_dim)
     decoder_with_past  input_ids (batch, new), past_key_values.{i}.key|value (batch, heads, past, head_dim),
                        cross.{i}.key|value -> logits (batch, new, V), present.{i}.key|value (.., past+new, ..)
+
+and the ``"encoder-states"`` layout of Whisper bundles (notes: the Whisper bundle contract), where
+``decoder_first`` takes the encoder's hidden states and returns the cross K/V, which every
+``decoder_with_past`` step then takes unchanged::
+
+    decoder_first      input_ids (batch, seq), encoder_hidden_states (batch, enc_frames, d_model)
+                       -> logits, present.{i}.key|value, cross.{i}.key|value (batch, heads, enc_frames, head_dim)
+    decoder_with_past  as above
+
+The inferences take the decoder_first inputs other than ``input_ids`` as their ``context``: the
+cross K/V in the first layout, ``{"encoder_hidden_states": ...}`` in the second.
 
 The self-attention cache is a dict of arrays; with ``device_cache=True`` and a session that offers
 ``run_ortvalues`` (the onnxruntime backend) it stays in the session's device memory as OrtValues
@@ -43,6 +55,10 @@ PAST = "past_key_values"  # past_key_values.{i}.key|value: the self-attention ca
 PRESENT = "present"  # present.{i}.key|value: the cache after this step
 KV_KINDS = ("key", "value")
 KV_SEQ_AXIS = 2  # (batch, heads, seq, head_dim)
+ENCODER_STATES = "encoder_hidden_states"  # (batch, enc_frames, d_model): decoder_first's input in "encoder-states"
+CROSS_IN = "cross-in"  # decoder_first and decoder_with_past take the cross K/V (vision-language)
+ENCODER_STATES_LAYOUT = "encoder-states"  # decoder_first takes encoder states and returns the cross K/V (Whisper)
+LAYOUTS = (CROSS_IN, ENCODER_STATES_LAYOUT)
 _CROSS_KEY = re.compile(rf"^{CROSS}\.(\d+)\.key$")
 
 
@@ -51,16 +67,25 @@ def kv_names(prefix: str, num_layers: int) -> list[str]:
     return [f"{prefix}.{i}.{kind}" for i in range(num_layers) for kind in KV_KINDS]
 
 
+def _check_layout(layout: str) -> None:
+    if layout not in LAYOUTS:
+        raise ValueError(f"decoder layout={layout!r} is not one of {list(LAYOUTS)}")
+
+
 def count_layers(session: Session) -> int:
-    """Decoder layers of a decoder session: the number of its ``cross.{i}.key`` inputs."""
-    return sum(1 for spec in session.inputs if _CROSS_KEY.match(spec.name))
+    """Decoder layers of a decoder session: the number of its ``cross.{i}.key`` inputs or outputs."""
+    names = {spec.name for spec in (*session.inputs, *session.outputs)}
+    return sum(1 for name in names if _CROSS_KEY.match(name))
 
 
-def check_decoder_layout(first: Session, with_past: Session | None, num_layers: int) -> None:
-    """BundleError unless the decoder sessions have the input and output names of the layout."""
-    wanted = {
-        "decoder_first": (first, [INPUT_IDS, *kv_names(CROSS, num_layers)], [LOGITS, *kv_names(PRESENT, num_layers)]),
-    }
+def check_decoder_layout(first: Session, with_past: Session | None, num_layers: int, layout: str = CROSS_IN) -> None:
+    """BundleError unless the decoder sessions have the input and output names of ``layout``."""
+    _check_layout(layout)
+    cross, present = kv_names(CROSS, num_layers), kv_names(PRESENT, num_layers)
+    if layout == CROSS_IN:
+        wanted = {"decoder_first": (first, [INPUT_IDS, *cross], [LOGITS, *present])}
+    else:
+        wanted = {"decoder_first": (first, [INPUT_IDS, ENCODER_STATES], [LOGITS, *present, *cross])}
     if with_past is not None:
         wanted["decoder_with_past"] = (
             with_past,
@@ -73,7 +98,7 @@ def check_decoder_layout(first: Session, with_past: Session | None, num_layers: 
         missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
         if num_layers < 1 or missing:
             raise BundleError(
-                f"{component} does not follow the decoder layout for {num_layers} layer(s): missing "
+                f"{component} does not follow the {layout!r} decoder layout for {num_layers} layer(s): missing "
                 f"{missing[:6] or 'cross.0.key'}; it has inputs {sorted(have_in)[:8]} and outputs "
                 f"{sorted(have_out)[:8]}. Re-export the bundle with `python -m export` (see export/LAYOUT.md)"
             )
@@ -136,15 +161,24 @@ class KVCacheInference:
         num_layers: int,
         *,
         device_cache: bool = False,
+        layout: str = CROSS_IN,
     ) -> None:
-        """cross: ``cross.{i}.key|value`` -> (batch, heads, N_img, head_dim) float32, one row per input.
+        """cross: the decoder_first inputs besides input_ids, one row per input: ``cross.{i}.key|value``
+        -> (batch, heads, N_img, head_dim) float32 in the ``"cross-in"`` layout; ``encoder_hidden_states``
+        -> (batch, enc_frames, d_model) float32 in the ``"encoder-states"`` layout, where the cross K/V
+        come out of ``prefill``.
 
         device_cache: keep the cache as OrtValues on the session's device between steps (needs a
         session with ``run_ortvalues``; ignored otherwise).
         """
+        _check_layout(layout)
         self._first = first
         self._with_past = with_past
-        self._cross = _CrossRows(cross)
+        self._layout = layout
+        self._context = _CrossRows(cross)  # decoder_first's inputs besides input_ids
+        # The K/V every decoder_with_past step takes: the context itself, or decoder_first's cross outputs.
+        self._cross = self._context if layout == CROSS_IN else None
+        self._cross_names = kv_names(CROSS, num_layers)
         self._present_names = kv_names(PRESENT, num_layers)
         self._past_names = kv_names(PAST, num_layers)
         self._device = device_cache and hasattr(with_past, "run_ortvalues") and hasattr(first, "run_ortvalues")
@@ -157,6 +191,8 @@ class KVCacheInference:
         return self._device
 
     def _cross_feeds(self) -> Mapping[str, Any]:
+        if self._cross is None:
+            raise RuntimeError("step() or select() before prefill(): the cross K/V come from decoder_first")
         if not self._device:
             return self._cross.arrays
         if self._device_cross is None or self._device_cross[0] != self._cross.version:
@@ -172,8 +208,8 @@ class KVCacheInference:
         device_type, device_id = getattr(self._with_past, "device", ("cpu", 0))
         return OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device_type, device_id)
 
-    def _run(self, session: Session, feeds: Mapping[str, Any]) -> np.ndarray:
-        names = [LOGITS, *self._present_names]
+    def _run(self, session: Session, feeds: Mapping[str, Any], cross_out: bool = False) -> np.ndarray:
+        names = [LOGITS, *self._present_names, *(self._cross_names if cross_out else ())]
         if self._device:
             outputs = session.run_ortvalues(feeds, names)  # type: ignore[attr-defined]
             logits = outputs[LOGITS].numpy()
@@ -181,11 +217,23 @@ class KVCacheInference:
             outputs = session.run(feeds, names)
             logits = outputs[LOGITS]
         self._cache = {past: outputs[present] for past, present in zip(self._past_names, self._present_names)}
+        if cross_out:  # rows as the prefill's; kept on the host, where select() gathers rows
+            self._cross = _CrossRows({
+                name: outputs[name].numpy() if self._device else outputs[name] for name in self._cross_names
+            })
+            self._device_cross = None
         return _last_logits(logits)
 
     def prefill(self, input_ids: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        return self._run(self._first, {INPUT_IDS: ids, **self._cross_feeds()})
+        if self._layout == CROSS_IN:
+            return self._run(self._first, {INPUT_IDS: ids, **self._cross_feeds()})
+        return self._run(self._first, {INPUT_IDS: ids, **self._context_feeds()}, cross_out=True)
+
+    def _context_feeds(self) -> Mapping[str, Any]:
+        if not self._device:
+            return self._context.arrays
+        return {name: self._to_device(value) for name, value in self._context.arrays.items()}
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
         ids = np.ascontiguousarray(np.asarray(tokens, dtype=np.int64).reshape(-1, 1))
@@ -193,6 +241,8 @@ class KVCacheInference:
 
     def select(self, rows: np.ndarray) -> None:
         rows = np.asarray(rows, dtype=np.int64)
+        if self._cross is None:
+            raise RuntimeError("select() before prefill(): the cross K/V come from decoder_first")
         self._cross.select(rows)
         if self._device:  # a host round trip: onnxruntime has no gather on OrtValues
             self._cache = {name: self._to_device(np.take(value.numpy(), rows, axis=0)) for name, value in self._cache.items()}
@@ -201,7 +251,11 @@ class KVCacheInference:
 
 
 class RecomputeInference:
-    """``decoder_first`` over the whole sequence at every step: no cache (the reference)."""
+    """``decoder_first`` over the whole sequence at every step: no cache (the reference).
+
+    cross: decoder_first's inputs besides input_ids (the cross K/V, or the encoder's hidden
+    states): the same in both layouts, since only the logits are read.
+    """
 
     def __init__(self, first: Session, cross: Mapping[str, np.ndarray]) -> None:
         self._first = first
@@ -234,11 +288,16 @@ def make_inference(
     num_layers: int,
     *,
     device_cache: bool = False,
+    layout: str = CROSS_IN,
 ) -> Inference:
-    """A KVCacheInference, or a RecomputeInference when there is no ``decoder_with_past``."""
+    """A KVCacheInference, or a RecomputeInference when there is no ``decoder_with_past``.
+
+    cross: decoder_first's inputs besides input_ids, as ``layout`` names them (see the module docstring).
+    """
+    _check_layout(layout)
     if with_past is None:
         return RecomputeInference(first, cross)
-    return KVCacheInference(first, with_past, cross, num_layers, device_cache=device_cache)
+    return KVCacheInference(first, with_past, cross, num_layers, device_cache=device_cache, layout=layout)
 
 
 def cross_from_outputs(outputs: Mapping[str, np.ndarray], num_layers: int) -> dict[str, np.ndarray]:

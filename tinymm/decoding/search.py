@@ -13,6 +13,11 @@ length) and return, per prompt, its hypotheses best first with the time each dec
   With ``beam_size=1`` it returns exactly what greedy search does.
 
 Before each choice the logit filters run on each row's generated tokens, then a log-softmax.
+
+A caller that ran the prompt itself (Whisper forces its start sequence token by token after
+reading the language and no-speech probabilities off the first position) passes the last
+position's logits as ``prefilled``; the search then starts from them instead of calling
+``inference.prefill``.
 """
 
 from __future__ import annotations
@@ -88,6 +93,19 @@ def _check_prompts(prompt_ids: np.ndarray, max_new_tokens: int) -> np.ndarray:
     return prompt_ids.astype(np.int64, copy=False)
 
 
+def _first_logits(inference: Inference, prompt_ids: np.ndarray, prefilled: np.ndarray | None) -> np.ndarray:
+    """(rows, V): ``inference.prefill(prompt_ids)``, or ``prefilled`` when the caller already ran the prompt."""
+    if prefilled is None:
+        return inference.prefill(prompt_ids)
+    prefilled = np.asarray(prefilled)
+    if prefilled.ndim != 2 or prefilled.shape[0] != prompt_ids.shape[0]:
+        raise ValueError(
+            f"prefilled logits must be (batch, V) with batch {prompt_ids.shape[0]} (one row per prompt), "
+            f"got shape {prefilled.shape}"
+        )
+    return prefilled
+
+
 def greedy_search(
     inference: Inference,
     prompt_ids: np.ndarray,
@@ -96,8 +114,13 @@ def greedy_search(
     max_new_tokens: int,
     filters: Sequence[LogitFilter] = (),
     length_penalty: float = 1.0,
+    prefilled: np.ndarray | None = None,
 ) -> Generation:
-    """The most likely token at each step, for prompts (batch, T) int64; one hypothesis per prompt."""
+    """The most likely token at each step, for prompts (batch, T) int64; one hypothesis per prompt.
+
+    prefilled: (batch, V) logits of the prompts' last position when the caller already ran them
+    through ``inference`` (see the module docstring); None runs ``inference.prefill``.
+    """
     prompt_ids = _check_prompts(prompt_ids, max_new_tokens)
     batch = prompt_ids.shape[0]
     tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -108,7 +131,7 @@ def greedy_search(
     prefill_ms = 0.0
     last = np.zeros(0, dtype=np.int64)  # (rows,) the tokens just chosen, fed to the next step
     start = time.perf_counter()
-    logits = inference.prefill(prompt_ids)  # (rows, V)
+    logits = _first_logits(inference, prompt_ids, prefilled)  # (rows, V)
     for step in range(max_new_tokens):
         if step > 0:
             start = time.perf_counter()
@@ -182,8 +205,12 @@ def beam_search(
     beam_size: int,
     filters: Sequence[LogitFilter] = (),
     length_penalty: float = 1.0,
+    prefilled: np.ndarray | None = None,
 ) -> Generation:
-    """Beam search for prompts (batch, T) int64; up to ``beam_size`` hypotheses per prompt, best first."""
+    """Beam search for prompts (batch, T) int64; up to ``beam_size`` hypotheses per prompt, best first.
+
+    prefilled: as greedy_search's.
+    """
     prompt_ids = _check_prompts(prompt_ids, max_new_tokens)
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size={beam_size!r} must be a positive integer")
@@ -196,7 +223,7 @@ def beam_search(
     prefill_ms = 0.0
     last: list[int] = []  # the newest token of each decoder row, fed to the next step
     start = time.perf_counter()
-    logits = inference.prefill(prompt_ids)
+    logits = _first_logits(inference, prompt_ids, prefilled)
     for step in range(max_new_tokens):
         if step > 0:
             start = time.perf_counter()
