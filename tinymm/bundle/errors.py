@@ -147,3 +147,9 @@ class NotInBundleError(BundleError):
     """A component, precision or file was asked for that the bundle does not have."""
 
     kind = "not_in_bundle"
+
+
+class UnknownArchitectureError(BundleError):
+    """The bundle's architecture has no module in tinymm.families: a newer tinymm may run it."""
+
+    kind = "unknown_architecture"

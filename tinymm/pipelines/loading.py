@@ -6,26 +6,23 @@
     asr = tinymm.load("speech-commands", precision="int8")  # a default bundle shipped with tinymm
 
 A name that is not an existing path is looked up among the default bundles shipped with tinymm,
-then in the user's bundle directory (``tinymm.bundle.names``). The bundle's manifest names its
-architecture (``manifest.architecture_name``), and the module of that architecture in
-``tinymm.families`` builds the pipeline (``from_bundle``). The options are ``LoadOptions``
-(``tinymm.pipelines.load_options``); the sessions are opened by ``tinymm.pipelines.sessions``.
+then in the user's bundle directory (``tinymm.bundle.names``). The manifest names the bundle's
+architecture (``manifest.architecture_name``), and that architecture's module in
+``tinymm.families`` builds the pipeline (``from_bundle(bundle, options)``); this module names
+no family. The options are ``LoadOptions`` (``tinymm.pipelines.load_options``); the families open
+their models with ``tinymm.pipelines.sessions``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from tinymm.bundle.errors import UnknownArchitectureError
 from tinymm.bundle.names import resolve_bundle
 from tinymm.errors import BundleError
+from tinymm.families import family_module
 from tinymm.pipelines.load_options import DEFAULT_MAX_BATCH, LoadOptions
-
-if TYPE_CHECKING:
-    from tinymm.pipelines.speech import SpeechPipeline
-    from tinymm.pipelines.vision_language import VisionLanguagePipeline
-
-PIPELINE_FAMILIES = ("vision-language", "speech")  # bundle families that load() builds a pipeline for
 
 
 def load(
@@ -40,11 +37,12 @@ def load(
     cache_dir: str | Path | None = None,
     engine_cache: bool = True,
     max_batch: int = DEFAULT_MAX_BATCH,
-) -> VisionLanguagePipeline | SpeechPipeline:
-    """Read a bundle and return the pipeline of its family, with its models loaded.
+) -> Any:
+    """Read a bundle and return the pipeline of its architecture, with its models loaded.
 
     Args:
-        name_or_path: a bundle directory, a .tar/.tar.gz/.tgz archive, or a default bundle name.
+        name_or_path: a bundle directory, a .tar/.tar.gz/.tgz archive, or the name of a default
+            bundle or of a bundle in the user's bundle directory.
         backend: "onnxruntime" (or another name tinymm.backends knows).
         provider: "auto" (TensorRT > CUDA > CPU, as available), "cpu", "cuda" or "tensorrt".
         precision: "auto", "fp32", "fp16" or "int8" (tinymm.pipelines.sessions).
@@ -59,10 +57,13 @@ def load(
             labels of one classify call).
 
     Returns:
-        A VisionLanguagePipeline (family "vision-language") or a SpeechPipeline ("speech").
+        The pipeline its architecture's module in tinymm.families builds: a VisionLanguagePipeline
+        (architecture "tinymm-vlm", every vision-language bundle that names none), a
+        SpeechPipeline ("tinymm-ctc", every such speech bundle), or another family's pipeline.
 
     Raises:
-        BundleError: no such bundle, an invalid or corrupt one, or a family without a pipeline.
+        BundleError: no such bundle, an invalid or corrupt one, the wrong family, or an
+            architecture this tinymm has no module for (UnknownArchitectureError).
         BackendError: the backend or provider is unavailable, or a model fails to load.
         ValueError: an argument outside the choices listed above.
     """
@@ -79,22 +80,18 @@ def load_with(name_or_path: str | Path, options: LoadOptions, family: str | None
 
     # Only the variants that open_sessions loads are scanned (the scan dominates reading a bundle).
     bundle = read_bundle(resolve_bundle(name_or_path), verify_checksums=options.verify_checksums, scan_models=False)
-    actual = bundle.manifest.family
-    wanted = (family,) if family is not None else PIPELINE_FAMILIES
-    if actual not in wanted:
-        bundle.close()
-        raise BundleError(
-            f"bundle {bundle.name!r} ({str(name_or_path)!r}) is a {actual} bundle, but a {' or '.join(wanted)} "
-            "bundle is needed here; pass the right one (e.g. --bundle PATH; tinymm info describes a bundle)"
-        )
+    manifest = bundle.manifest
     try:
-        if actual == "vision-language":
-            from tinymm.pipelines.vision_language import VisionLanguagePipeline
-
-            return VisionLanguagePipeline.from_bundle(bundle, options)
-        from tinymm.pipelines.speech import SpeechPipeline
-
-        return SpeechPipeline.from_bundle(bundle, options)
+        if family is not None and manifest.family != family:
+            raise BundleError(
+                f"bundle {bundle.name!r} ({str(name_or_path)!r}) is a {manifest.family} bundle, but a {family} "
+                "bundle is needed here; pass the right one (e.g. --bundle PATH; tinymm info describes a bundle)"
+            )
+        try:
+            module = family_module(manifest.architecture_name)
+        except UnknownArchitectureError as e:
+            raise UnknownArchitectureError(f"bundle {bundle.name!r} ({manifest.family}): {e}") from e
+        return module.from_bundle(bundle, options)
     except BaseException:
         bundle.close()  # removes the directory an archive was extracted to
         raise
