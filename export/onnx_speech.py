@@ -81,7 +81,7 @@ def speech_model_info(model: SpeechCTCModel, lexicon: Sequence[str] = (), gramma
     built-in grammar the training sentences come from; when given, the runtime decodes with it
     (``model.grammar``, tinymm/decoding/grammar.py).
     """
-    from tinymm.decoding.grammar import GRAMMAR_NAMES
+    from tinymm.robot.grammar import GRAMMAR_NAMES
 
     require(grammar is None or grammar in GRAMMAR_NAMES,
             f"grammar {grammar!r} is not one of the runtime's grammars {list(GRAMMAR_NAMES)}; fix or remove the "

@@ -3,7 +3,7 @@
 The definitions are train/metrics_speech.py's (``score_transcripts``), in points:
 
 - ``wer`` (the gate's metric for ``speech_encoder``, lower is better): corpus word error rate of the runtime's
-  transcripts against the references, both normalised by ``tinymm.intent.normalize_transcript``;
+  transcripts against the references, both normalised by ``tinymm.robot.transcripts.normalize_transcript``;
 - ``cer``: the same over characters; ``sentence_accuracy``: transcripts exactly right;
 - ``intent_accuracy``: the runtime's ``IntentParser`` reads the transcript as the clip's intent.
 

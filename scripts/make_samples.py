@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:  # run as a script: train/ lives in the checkout, 
     sys.path.insert(0, str(ROOT))
 
 from tinymm.errors import TinymmError  # noqa: E402
-from tinymm.intent import Intent, IntentParser, normalize_transcript  # noqa: E402
+from tinymm.robot.intent import Intent, IntentParser  # noqa: E402
+from tinymm.robot.transcripts import normalize_transcript  # noqa: E402
 from train.data.scene_dataset import encode_png, generate_example  # noqa: E402
 from train.data.scene_language import all_labels  # noqa: E402
 from train.data.scene_render import RenderConfig  # noqa: E402

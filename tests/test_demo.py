@@ -28,15 +28,9 @@ from fake_sessions import (
 
 import tinymm.bundle.names
 from tinymm.cli import main
-from tinymm.commands.demo import (
-    SAMPLES_DIR,
-    TASKS,
-    caption_claims,
-    caption_holds,
-    read_samples,
-    run_tasks,
-)
+from tinymm.commands.demo import SAMPLES_DIR, TASKS, read_samples, run_tasks
 from tinymm.errors import EXIT_BAD_INPUT, EXIT_BUNDLE, EXIT_OK, EXIT_USAGE, InputError
+from tinymm.robot.demo_checks import caption_claims, caption_holds
 
 RATE = 16000
 N_MELS = 16

@@ -11,19 +11,14 @@ import numpy as np
 import pytest
 from fake_sessions import ScriptedSpeechEncoder
 
-from tinymm.decoding.grammar import (
-    GRAMMAR_NAMES,
-    ROBOT_COMMANDS,
-    GrammarDecoder,
-    GrammarGraph,
-    check_grammar_name,
-)
+from tinymm.decoding.grammar import Grammar, GrammarDecoder, GrammarGraph, GrammarTemplate
 from tinymm.errors import BundleError, InputError
-from tinymm.intent import GrammarTemplate, Intent
 from tinymm.pipelines.speech import SpeechPipeline, SpeechSettings
 from tinymm.preprocess.audio import AudioPreprocessor
 from tinymm.preprocess.config import AudioConfig, TextConfig
 from tinymm.preprocess.text import Tokenizer
+from tinymm.robot.grammar import GRAMMAR_NAMES, ROBOT_COMMANDS, builtin_grammar, check_grammar_name, robot_commands
+from tinymm.robot.intent import Intent
 from train.data.speech_grammar import all_intents, all_transcripts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,7 +62,7 @@ def char_tokenizer() -> Tokenizer:
 
 @pytest.fixture(scope="module")
 def robot_graph() -> GrammarGraph:
-    return GrammarGraph.from_name(ROBOT_COMMANDS, toy_encode)
+    return GrammarGraph.from_grammar(robot_commands(), toy_encode)
 
 
 # -- the graph ----------------------------------------------------------------------------------
@@ -93,7 +88,7 @@ def test_the_graph_refuses_sentences_outside_the_grammar(robot_graph, sentence):
 
 
 def test_the_real_tokenizer_spells_the_grammar(char_tokenizer):
-    decoder = GrammarDecoder.from_tokenizer(ROBOT_COMMANDS, char_tokenizer, BLANK)
+    decoder = GrammarDecoder.from_tokenizer(robot_commands(), char_tokenizer, BLANK)
     for text in ("could you please pick up the orange diamond now", "is there an orange star", "now freeze"):
         assert decoder.graph.accepts(char_tokenizer.encode(text)), text
 
@@ -104,7 +99,7 @@ def test_a_tokenizer_that_cannot_spell_the_grammar_is_refused(tmp_path):
     path = train_sentencepiece(tmp_path / "speech.model", COMMAND_SENTENCES * 4, 40)  # no "z" (freeze) in there
     tokenizer = Tokenizer(path, TextConfig(tokenizer="speech.model", context_length=256, add_bos=False))
     with pytest.raises(BundleError, match="cannot spell"):
-        GrammarDecoder.from_tokenizer(ROBOT_COMMANDS, tokenizer, BLANK)
+        GrammarDecoder.from_tokenizer(robot_commands(), tokenizer, BLANK)
 
 
 # -- Viterbi -------------------------------------------------------------------------------------
@@ -232,6 +227,18 @@ def test_manifest_grammar_key(char_tokenizer):
             SpeechSettings.from_model_info({"grammar": bad}, char_tokenizer)
         assert repr(bad) in str(info.value)
     assert check_grammar_name(None) is None and GRAMMAR_NAMES == (ROBOT_COMMANDS,)
+    assert builtin_grammar(ROBOT_COMMANDS).name == ROBOT_COMMANDS
+    with pytest.raises(BundleError, match="unknown grammar 'chess-moves'.*upgrade tinymm"):
+        builtin_grammar("chess-moves")
+
+
+def test_the_decoder_takes_any_domain_grammar():
+    # The decoding layer knows no domain: a grammar is templates and affixes, whoever builds them.
+    grammar = Grammar("lights", (GrammarTemplate("command", (("lights",), ("on", "off"))),),
+                      {"command": (("please",), ())})
+    graph = GrammarGraph.from_grammar(grammar, toy_encode)
+    assert graph.accepts(toy_encode("please lights off")) and graph.accepts(toy_encode("lights on"))
+    assert not graph.accepts(toy_encode("lights")) and not graph.accepts(toy_encode("lights on please"))
 
 
 def _noise(seconds: float) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""tinymm.intent: transcript normalization, the Intent type and the grammar parser."""
+"""tinymm.robot: transcript normalization, the Intent type and the grammar parser."""
 
 from __future__ import annotations
 
@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tinymm.intent import (
-    COLORS,
-    PHRASES,
-    QUESTION_TYPES,
-    SHAPES,
-    TRANSCRIPT_ALPHABET,
-    Intent,
-    IntentParser,
-    normalize_transcript,
-    parse_intent,
-    phrasings,
-)
+from tinymm.robot.intent import Intent, IntentParser, parse_intent, phrasings
+from tinymm.robot.phrases import COLORS, PHRASES, QUESTION_TYPES, SHAPES
+from tinymm.robot.transcripts import TRANSCRIPT_ALPHABET, normalize_transcript
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,6 +195,6 @@ def test_question_types_are_those_of_the_grammar():
 
 def test_intent_module_is_pure_python():
     heavy = ("numpy", "cv2", "onnxruntime", "soxr")
-    code = f"import sys, tinymm.intent; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    code = f"import sys, tinymm.robot.intent; print(sorted(m for m in {heavy!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

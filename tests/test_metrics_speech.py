@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tinymm.intent import IntentParser
+from tinymm.robot.intent import IntentParser
 from train.metrics_speech import (
     char_error_rate,
     edit_distance,

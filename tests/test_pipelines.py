@@ -32,7 +32,6 @@ from tinymm.decoding import (
     greedy_search,
 )
 from tinymm.errors import BundleError, InputError
-from tinymm.intent import Intent
 from tinymm.pipelines import (
     SpeechPipeline,
     SpokenQuestionPipeline,
@@ -42,6 +41,7 @@ from tinymm.preprocess.audio import AudioPreprocessor
 from tinymm.preprocess.config import AudioConfig, ImageConfig, TextConfig
 from tinymm.preprocess.image import ImagePreprocessor
 from tinymm.preprocess.text import Tokenizer
+from tinymm.robot.intent import Intent
 
 CONTEXT = 48  # decoder tokens, prompt included
 LABELS = ("a red circle", "a blue square", "a yellow star", "two green triangles")
@@ -293,6 +293,17 @@ def test_tinymm_load_is_resolved_lazily():
     runtime = "import tinymm.pipelines, tinymm.decoding, tinymm.streams, tinymm.pipelines.vision_language, " \
               "tinymm.pipelines.spoken_question, tinymm.streams.video"
     assert not _imported_after(runtime) & {"torch", "train", "export"}
+
+
+def test_the_speech_pipeline_imports_the_robot_domain_only_when_asked(speech_tokenizer):
+    code = ("import sys, tinymm.pipelines.speech, tinymm.families.tinymm_ctc, tinymm.pipelines.spoken_question; "
+            "print(sorted(m for m in sys.modules if m.startswith('tinymm.robot')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    speech = _speech(speech_tokenizer, "turn left")
+    assert speech.grammar_decoder is None and speech._intent_parser is None  # no model.grammar, no command yet
+    assert speech.command(_noise(0.5), RATE).intent == Intent(action="turn", direction="left")
+    assert speech._intent_parser is not None
 
 
 # ---- real ONNX bundles through tinymm.load -----------------------------------------------------

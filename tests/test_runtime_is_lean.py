@@ -28,7 +28,10 @@ RUNTIME_MODULES = (
     "tinymm.pipelines",
     "tinymm.streams",
     "tinymm.bench",
-    "tinymm.intent",
+    "tinymm.families",
+    "tinymm.robot.intent",
+    "tinymm.robot.grammar",
+    "tinymm.robot.demo_checks",
 )
 
 

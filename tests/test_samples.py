@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tinymm.commands.demo import SAMPLES_DIR, read_samples
-from tinymm.intent import Intent, IntentParser, normalize_transcript
+from tinymm.robot.intent import Intent, IntentParser
+from tinymm.robot.transcripts import normalize_transcript
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "make_samples.py"

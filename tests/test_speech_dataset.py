@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tinymm.errors import InputError
-from tinymm.intent import Intent, parse_intent
+from tinymm.robot.intent import Intent, parse_intent
 from train.data.speech_dataset import (
     DEFAULT_CONFIG,
     SPLITS,

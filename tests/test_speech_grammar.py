@@ -7,7 +7,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tinymm.intent import COLORS, NUMBER_WORDS, SHAPES, Intent, IntentParser, affixes, normalize_transcript, phrasings
+from tinymm.robot.intent import Intent, IntentParser, phrasings
+from tinymm.robot.phrases import COLORS, NUMBER_WORDS, SHAPES, affixes
+from tinymm.robot.transcripts import normalize_transcript
 from train.data.speech_grammar import (
     GrammarConfig,
     all_intents,

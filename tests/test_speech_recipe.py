@@ -168,7 +168,7 @@ def test_grammar_marker_next_to_the_tokenizer_reaches_the_manifest(tmp_path) -> 
     from pathlib import Path
 
     from export.onnx_speech import speech_model_info
-    from tinymm.decoding.grammar import ROBOT_COMMANDS
+    from tinymm.robot.grammar import ROBOT_COMMANDS
     from tinymm.errors import InputError
     from train.models.speech import SpeechConfig
     from train.recipes.speech import grammar_decoder

@@ -13,11 +13,11 @@ import pytest
 from fake_sessions import COMMAND_SENTENCES, ScriptedSpeechEncoder, train_sentencepiece
 
 from tinymm.errors import InputError
-from tinymm.intent import Intent
 from tinymm.pipelines import SpeechPipeline
 from tinymm.preprocess.audio import AudioPreprocessor
 from tinymm.preprocess.config import AudioConfig, TextConfig
 from tinymm.preprocess.text import Tokenizer
+from tinymm.robot.intent import Intent
 from tinymm.streams import (
     EnergyVAD,
     VADOptions,

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
-from tinymm.intent import Intent, IntentParser, normalize_transcript
+from tinymm.robot.intent import Intent, IntentParser
+from tinymm.robot.transcripts import normalize_transcript
 
 
 def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:

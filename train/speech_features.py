@@ -14,9 +14,9 @@ import numpy as np
 import torch
 
 from tinymm.errors import InputError
-from tinymm.intent import normalize_transcript
 from tinymm.preprocess.audio import AudioPreprocessor
 from tinymm.preprocess.config import AudioConfig
+from tinymm.robot.transcripts import normalize_transcript
 from train.data.speech_dataset import SpeechDataset, write_speech_dataset
 from train.loop import progress
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from tinymm.intent import normalize_transcript
 from tinymm.preprocess.config import TextConfig
 from tinymm.preprocess.text import Tokenizer
+from tinymm.robot.transcripts import normalize_transcript
 from train.models.speech import CTC_BLANK_ID
 
 logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ def write_grammar(name: str, out_path: str | Path) -> None:
     The export puts it in the bundle's ``model.grammar``, and the runtime decodes with that
     grammar (tinymm/decoding/grammar.py).
     """
-    from tinymm.decoding.grammar import GRAMMAR_NAMES
+    from tinymm.robot.grammar import GRAMMAR_NAMES
 
     if name not in GRAMMAR_NAMES:
         raise ValueError(f"grammar {name!r} is not one of the runtime's grammars {list(GRAMMAR_NAMES)}")

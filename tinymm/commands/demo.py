@@ -6,7 +6,8 @@ Loads the default bundles (``scene-vlm`` and ``speech-commands`` from tinymm/ass
 ``samples.json``, written by scripts/make_samples.py), then runs, one sample at a time:
 
 - caption: each image; correct when the objects, counts and sign texts it names are all in the
-  scene (positions and relations are not checked) and it names at least one;
+  scene (positions and relations are not checked) and it names at least one
+  (``tinymm.robot.demo_checks``);
 - ask: each image's questions from the manifest; correct when the answer is the expected word;
 - classify: each image against the manifest's label set; correct when the top label is one of
   the image's objects;
@@ -32,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -50,12 +50,6 @@ TASK_TITLES = {"spoken_question": "spoken question"}
 MS_PER_S = 1000.0
 MARKS = {True: ("\u2713", "ok"), False: ("\u2717", "x")}  # (unicode mark, ASCII fallback)
 INDENT = "  "
-# Caption check: the words the scene generator's captions use for what they name.
-NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-SIZES = ("small", "large")
-SIGN_VERBS = ("that", "says", "reading", "showing", "saying")
-WHOLE_SCENE_NOUNS = ("object", "objects", "thing", "things")
-_WORD = re.compile(r"[a-z0-9]+")
 
 
 @dataclass(frozen=True)
@@ -132,65 +126,6 @@ def read_samples(directory: Path) -> dict[str, Any]:
 # ---- checks ------------------------------------------------------------------------------------
 
 
-def caption_claims(caption: str) -> list[tuple[Any, ...]]:
-    """What a caption names: ("shape", count | None, size, color, shape), ("sign", text), ("objects", n).
-
-    Reads the scene generator's wording: "two small red circles", "a sign reading GO", "three
-    objects: ..."; words it does not know are skipped.
-    """
-    from tinymm.intent import COLORS, SHAPE_PLURALS, SHAPES
-
-    singular = {**{s: s for s in SHAPES}, **{p: s for s, p in SHAPE_PLURALS.items()}}
-    words = _WORD.findall(caption.lower())
-    claims: list[tuple[Any, ...]] = []
-    count = size = color = None
-    i = 0
-    while i < len(words):
-        word = words[i]
-        if word in NUMBER_WORDS:
-            count, size, color = NUMBER_WORDS.index(word), None, None
-        elif word in SIZES:
-            size = word
-        elif word in COLORS:
-            color = word
-        elif word in singular:
-            claims.append(("shape", count, size, color, singular[word]))
-            count = size = color = None
-        elif word in WHOLE_SCENE_NOUNS and count is not None and size is None and color is None:
-            claims.append(("objects", count))
-            count = None
-        elif word == "sign":
-            j = i + 1
-            while j < len(words) and words[j] in SIGN_VERBS:
-                j += 1
-            if j > i + 1 and j < len(words):
-                claims.append(("sign", words[j]))
-                i = j
-            count = size = color = None
-        else:
-            count = size = color = None
-        i += 1
-    return claims
-
-
-def caption_holds(caption: str, objects: Sequence[Mapping[str, Any]]) -> bool:
-    """True when the caption names something and everything it names is in the scene (``objects``)."""
-    claims = caption_claims(caption)
-    for claim in claims:
-        if claim[0] == "objects":
-            ok = claim[1] == len(objects)
-        elif claim[0] == "sign":
-            ok = any(o.get("kind") == "sign" and str(o.get("text", "")).lower() == claim[1] for o in objects)
-        else:
-            _, count, size, color, shape = claim
-            found = sum(o.get("kind") == "shape" and o.get("shape") == shape and color in (None, o.get("color"))
-                        and size in (None, o.get("size")) for o in objects)
-            ok = found >= 1 if count is None else found == count
-        if not ok:
-            return False
-    return bool(claims)
-
-
 def _same_words(a: str, b: str) -> bool:
     return a.strip().lower().rstrip("?.!") == b.strip().lower().rstrip("?.!")
 
@@ -211,8 +146,9 @@ def _intent_text(intent: Mapping[str, Any] | None) -> str:
 
 def run_tasks(vision: Any, speech: Any, samples: Mapping[str, Any], root: Path) -> dict[str, list[Check]]:
     """Every task on every sample it applies to, one call per sample: task -> checks."""
-    from tinymm.intent import normalize_transcript
     from tinymm.pipelines.spoken_question import SpokenQuestionPipeline
+    from tinymm.robot.demo_checks import caption_holds
+    from tinymm.robot.transcripts import normalize_transcript
 
     images = {image["id"]: image for image in samples["images"]}
     labels = samples["labels"]

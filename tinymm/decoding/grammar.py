@@ -1,13 +1,15 @@
-"""CTC decoding constrained to a command grammar: the best path among the grammar's sentences.
+"""CTC decoding constrained to a closed grammar: the best path among the grammar's sentences.
 
-A character CTC model trained on a closed grammar (tinymm.intent) still merges or drops words
-("nowtake the red star", "where is the black located"); a per-word lexicon cannot repair that,
-but a decoder that only considers the grammar's sentences can, as Kaldi and Vosk do in grammar
-mode. The grammar is compiled once into a small token graph:
+A character CTC model trained on a closed grammar (such as the robot commands of tinymm.robot)
+still merges or drops words ("nowtake the red star", "where is the black located"); a per-word
+lexicon cannot repair that, but a decoder that only considers the grammar's sentences can, as
+Kaldi and Vosk do in grammar mode. A ``Grammar`` (templates of word alternatives, with optional
+prefixes and suffixes per template kind) comes from its domain (``tinymm.robot.grammar``); this
+module knows no domain. The grammar is compiled once into a small token graph:
 
-1. the templates (``tinymm.intent.grammar_templates``: phrasings with their slot words spelled
-   out, optional prefixes and suffixes) become a token automaton, each word the tokenizer's
-   pieces of it ("\u2581", "r", "e", "d" for a character model);
+1. the templates (phrasings with their slot words spelled out, optional prefixes and suffixes)
+   become a token automaton, each word the tokenizer's pieces of it ("\u2581", "r", "e", "d"
+   for a character model);
 2. the automaton is determinized and minimized (an acyclic automaton: states with the same
    future are merged bottom-up), so shared prefixes ("go ...") and tails ("the {color}
    {shape}") are stored once: ~30k sentences in ~1.4k graph nodes;
@@ -22,7 +24,7 @@ over frames of each frame's best log-prob): when the grammar's best path is much
 (``max_gap_per_token``), the speaker said something outside the grammar, and ``in_grammar`` is
 False so that the caller keeps its free transcript.
 
-    decoder = GrammarDecoder.from_tokenizer("robot-commands", tokenizer, blank_id=0)
+    decoder = GrammarDecoder.from_tokenizer(robot_commands(), tokenizer, blank_id=0)  # tinymm.robot.grammar
     hyp = decoder.decode(log_probs)  # (frames, vocab) float32 log-softmax of one clip
     text = tokenizer.decode(list(hyp.tokens)) if hyp.in_grammar else free_text
 """
@@ -32,19 +34,14 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from tinymm.errors import BundleError, InputError
-from tinymm.intent import GrammarTemplate, affixes, grammar_templates
 
 if TYPE_CHECKING:
     from tinymm.preprocess.text import Tokenizer
-
-ROBOT_COMMANDS = "robot-commands"  # the grammar of tinymm.intent: robot commands and scene questions
-GRAMMAR_NAMES = (ROBOT_COMMANDS,)  # the names a bundle's ``model.grammar`` may take
-KINDS = ("command", "question")  # template kinds, each with its own prefixes and suffixes
 
 # Out-of-grammar guard: (free best path score - grammar best path score) / tokens of the grammar
 # path, nats per token. Chosen on the speech recipe's val split (500 in-grammar clips of
@@ -65,22 +62,25 @@ TokenEncoder = Callable[[str], Sequence[int]]  # text -> token ids (Tokenizer.en
 AffixTable = Mapping[str, tuple[Sequence[str], Sequence[str]]]  # template kind -> (prefixes, suffixes)
 
 
-def builtin_grammar(name: str) -> tuple[tuple[GrammarTemplate, ...], AffixTable]:
-    """(templates, {kind: (prefixes, suffixes)}) of a grammar a bundle may name in ``model.grammar``."""
-    if name != ROBOT_COMMANDS:
-        raise BundleError(f"unknown grammar {name!r}: this runtime knows {list(GRAMMAR_NAMES)}; re-export the bundle "
-                          "with one of them, or upgrade tinymm")
-    return grammar_templates(), {kind: affixes(kind) for kind in KINDS}
+class GrammarTemplate(NamedTuple):
+    """One phrasing of a grammar with its slots spelled out.
+
+    The sentences of the template are one alternative of each segment, in order, joined by
+    spaces: ``(("pick up the",), ("red", "green", ...), ("circle", ...))``.
+    """
+
+    kind: str  # the template's kind (e.g. "command" or "question"): its Grammar.affixes entry may surround it
+    segments: tuple[tuple[str, ...], ...]  # alternatives of each position, each one or more words
 
 
-def check_grammar_name(value: object) -> str | None:
-    """A manifest's ``model.grammar``: None when absent, else a known grammar name (BundleError if not)."""
-    if value is None:
-        return None
-    if not isinstance(value, str) or value not in GRAMMAR_NAMES:
-        raise BundleError(f"manifest model.grammar={value!r} is not a grammar this runtime knows "
-                          f"({list(GRAMMAR_NAMES)}); re-export the bundle or upgrade tinymm")
-    return value
+@dataclass(frozen=True)
+class Grammar:
+    """A closed set of sentences: templates, each optionally preceded by one of its kind's
+    prefixes and followed by one of its suffixes. Its domain builds it (tinymm.robot.grammar)."""
+
+    name: str  # what a bundle's model.grammar calls it, e.g. "robot-commands"
+    templates: tuple[GrammarTemplate, ...]
+    affixes: AffixTable  # template kind -> (prefixes, suffixes); a kind not listed has none
 
 
 # ----------------------------------------------------------------------------------------------
@@ -272,10 +272,9 @@ class GrammarGraph:
         )
 
     @classmethod
-    def from_name(cls, name: str, encode: TokenEncoder) -> GrammarGraph:
-        """The graph of a built-in grammar (``GRAMMAR_NAMES``) over ``encode``'s tokens."""
-        templates, affix_table = builtin_grammar(name)
-        return cls.build(templates, affix_table, encode)
+    def from_grammar(cls, grammar: Grammar, encode: TokenEncoder) -> GrammarGraph:
+        """The graph of ``grammar`` over ``encode``'s tokens."""
+        return cls.build(grammar.templates, grammar.affixes, encode)
 
     def accepts(self, tokens: Sequence[int]) -> bool:
         """True when the token sequence is a sentence of the grammar."""
@@ -344,19 +343,19 @@ class GrammarDecoder:
         return f"GrammarDecoder({self.graph.num_nodes} nodes, blank_id={self.blank_id})"
 
     @classmethod
-    def from_tokenizer(cls, name: str, tokenizer: Tokenizer, blank_id: int,
+    def from_tokenizer(cls, grammar: Grammar, tokenizer: Tokenizer, blank_id: int,
                        max_gap_per_token: float = MAX_GAP_PER_TOKEN) -> GrammarDecoder:
-        """The decoder of a built-in grammar over a Tokenizer's pieces (``tokenizer.encode``)."""
+        """The decoder of ``grammar`` over a Tokenizer's pieces (``tokenizer.encode``)."""
         unk_id = tokenizer.config.unk_id
 
         def encode(text: str) -> list[int]:
             ids = tokenizer.encode(text)
             if unk_id in ids:
-                raise BundleError(f"the bundle's tokenizer cannot spell {text!r} of grammar {name!r} (it has no piece "
-                                  "for a character); the grammar does not fit this model, re-export without it")
+                raise BundleError(f"the bundle's tokenizer cannot spell {text!r} of grammar {grammar.name!r} (it has "
+                                  "no piece for a character); the grammar does not fit this model, re-export without it")
             return ids
 
-        return cls(GrammarGraph.from_name(name, encode), blank_id, max_gap_per_token)
+        return cls(GrammarGraph.from_grammar(grammar, encode), blank_id, max_gap_per_token)
 
     def decode(self, log_probs: np.ndarray) -> GrammarHypothesis:
         """The best in-grammar token sequence of one clip.

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tinymm.intent import Intent
+    from tinymm.robot.intent import Intent
 
 MS_PER_S = 1000.0
 MS_DECIMALS = 3  # timings are rounded to microseconds in to_dict()

@@ -12,7 +12,9 @@ Data path (``_transcribe`` holds it end to end)::
     -> (command) IntentParser -> Intent or None
 
 The component follows export/LAYOUT.md; the CTC blank id, the longest input the encoder takes
-(``max_frames``), the lexicon and the grammar come from the manifest's ``model`` object.
+(``max_frames``), the lexicon and the grammar come from the manifest's ``model`` object. The
+robot domain (``tinymm.robot``: the grammar a bundle names, the intent parser of ``command``) is
+imported only when a bundle names its grammar or ``command`` is called.
 """
 
 from __future__ import annotations
@@ -24,10 +26,9 @@ import numpy as np
 
 from tinymm.backends.base import Session
 from tinymm.decoding import ctc_greedy_decode
-from tinymm.decoding.grammar import GrammarDecoder, check_grammar_name
+from tinymm.decoding.grammar import GrammarDecoder
 from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
-from tinymm.intent import IntentParser
 from tinymm.pipelines.load_options import LoadOptions
 from tinymm.pipelines.results import CommandResult, StageTimer, TranscriptResult
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
@@ -36,6 +37,7 @@ from tinymm.preprocess.text import Tokenizer
 
 if TYPE_CHECKING:
     from tinymm.bundle import Bundle
+    from tinymm.robot.intent import IntentParser
 
 COMPONENT = "speech_encoder"
 
@@ -49,6 +51,15 @@ class SpeechSettings:
     lexicon: Lexicon | None = None  # the words the model was trained on (model.lexicon); None: no correction
     grammar: str | None = None  # the built-in grammar the model was trained on (model.grammar); None: free decoding
 
+    @staticmethod
+    def _grammar_name(value: object) -> str | None:
+        """model.grammar: None, or a grammar name the robot domain knows (BundleError if not)."""
+        if value is None:
+            return None
+        from tinymm.robot.grammar import check_grammar_name  # the domain, for a bundle that names its grammar
+
+        return check_grammar_name(value)
+
     @classmethod
     def from_model_info(cls, info: Mapping[str, Any], tokenizer: Tokenizer) -> SpeechSettings:
         blank = info.get("blank_id", tokenizer.config.pad_id)
@@ -61,7 +72,7 @@ class SpeechSettings:
         if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
             raise BundleError(f"manifest model.max_frames={max_frames!r} must be a positive integer")
         return cls(blank_id=blank, max_frames=max_frames, lexicon=Lexicon.from_model_info(info.get("lexicon")),
-                   grammar=check_grammar_name(info.get("grammar")))
+                   grammar=cls._grammar_name(info.get("grammar")))
 
 
 class SpeechPipeline:
@@ -91,10 +102,13 @@ class SpeechPipeline:
         self.use_lexicon = use_lexicon
         # Decode with the bundle's grammar (when it has one); False keeps the free transcript.
         self.use_grammar = use_grammar
-        grammar = self.settings.grammar
-        self.grammar_decoder = None if grammar is None else \
-            GrammarDecoder.from_tokenizer(grammar, tokenizer, self.settings.blank_id)  # built once: 30-80 ms
-        self.intent_parser = intent_parser if intent_parser is not None else IntentParser()
+        self.grammar_decoder = None
+        if self.settings.grammar is not None:
+            from tinymm.robot.grammar import builtin_grammar
+
+            self.grammar_decoder = GrammarDecoder.from_tokenizer(  # built once: 30-80 ms
+                builtin_grammar(self.settings.grammar), tokenizer, self.settings.blank_id)
+        self._intent_parser = intent_parser  # None: the robot domain's, built on the first command()
         self.bundle: Bundle | None = None  # set by from_bundle; keeps an extracted archive alive
 
     @classmethod
@@ -110,6 +124,15 @@ class SpeechPipeline:
                        tokenizer=bundle_tokenizer(bundle), model_info=bundle.manifest.model, name=bundle.name)
         pipeline.bundle = bundle
         return pipeline
+
+    @property
+    def intent_parser(self) -> IntentParser:
+        """The parser of ``command``: the one given, else the robot domain's IntentParser (built on first use)."""
+        if self._intent_parser is None:
+            from tinymm.robot.intent import IntentParser
+
+            self._intent_parser = IntentParser()
+        return self._intent_parser
 
     @property
     def sample_rate(self) -> int:

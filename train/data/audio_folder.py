@@ -9,7 +9,7 @@ Two layouts are accepted:
 
 ``AudioFolder(path)[i]`` is ((N,) float32 mono samples at ``sample_rate`` Hz, item) with the item
 keys of ``SpeechDataset``: ``path`` (absolute), ``transcript`` (canonical, see
-``tinymm.intent.normalize_transcript``), ``intent`` (``parse_intent`` of it as a dict, or None
+``tinymm.robot.transcripts.normalize_transcript``), ``intent`` (``parse_intent`` of it as a dict, or None
 when the sentence is outside the command grammar), ``kind`` (command | question, or None),
 ``duration`` (seconds), plus ``text``, the transcript as written. Audio is decoded by tinymm's
 own reader (WAV in any PCM or float encoding; other formats when ``soundfile`` is installed),
@@ -29,8 +29,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from tinymm.errors import InputError
-from tinymm.intent import IntentParser, normalize_transcript
 from tinymm.preprocess.audio_io import load_audio, resample, to_mono
+from tinymm.robot.intent import IntentParser
+from tinymm.robot.transcripts import normalize_transcript
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")  # files in a folder that are taken as clips
 TRANSCRIPT_SUFFIX = ".txt"

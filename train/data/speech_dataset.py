@@ -10,7 +10,7 @@ Layout (DIR is ``--out``; ``train/data/SPEECH.md`` has the same description):
     DIR/speech/{train,val,test}/audio/{index:06d}.wav 16-bit PCM, mono, 16 kHz
 
 A manifest line holds: ``index``; ``path`` (of the WAV, relative to the split directory);
-``transcript`` (canonical, see ``tinymm.intent.normalize_transcript``); ``intent``
+``transcript`` (canonical, see ``tinymm.robot.transcripts.normalize_transcript``); ``intent``
 (``Intent.to_dict()``, or null); ``kind`` (command | question); ``voice`` ("en-us+m3");
 ``rate`` (words per minute); ``pitch`` and ``pitch_range`` (espeak-ng's 0..100);
 ``augmentations`` (what ``audio_augment.augment`` applied, with its parameters); ``duration``

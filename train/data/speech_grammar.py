@@ -1,7 +1,7 @@
 """Spoken robot commands and scene questions, with their intents, for the speech training data.
 
-Every utterance is rendered from the runtime's own grammar (``tinymm.intent.PHRASES``), so the
-speech model learns exactly the language that ``tinymm.intent.parse_intent`` understands and
+Every utterance is rendered from the runtime's own grammar (``tinymm.robot.phrases.PHRASES``), so the
+speech model learns exactly the language that ``tinymm.robot.intent.parse_intent`` understands and
 each clip carries its structured intent as a label. The covered forms:
 
 - commands: stop; go forward / go back [one..ten meters]; turn left / right / around; pick up
@@ -19,7 +19,7 @@ direction; questions: a type); slot values uniformly; a distance for a move with
 ``distance_prob``; a phrasing uniformly among the intent's phrasings; then a prefix with
 ``prefix_prob`` and a suffix with ``suffix_prob``.
 
-Each utterance has one canonical transcript: ``tinymm.intent.normalize_transcript`` of it is
+Each utterance has one canonical transcript: ``tinymm.robot.transcripts.normalize_transcript`` of it is
 itself (lowercase a-z words, numbers as words, no punctuation). ``spoken_text`` is what the
 synthesizer reads: the same words, capitalized, with a full stop or a question mark for the
 intonation.
@@ -33,17 +33,9 @@ from typing import Any, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from tinymm.intent import (
-    COLORS,
-    MAX_DISTANCE_M,
-    MIN_DISTANCE_M,
-    PHRASES,
-    SHAPES,
-    Intent,
-    affixes,
-    normalize_transcript,
-    phrasings,
-)
+from tinymm.robot.intent import Intent, phrasings
+from tinymm.robot.phrases import COLORS, MAX_DISTANCE_M, MIN_DISTANCE_M, PHRASES, SHAPES, affixes
+from tinymm.robot.transcripts import normalize_transcript
 
 _T = TypeVar("_T")
 
@@ -155,7 +147,7 @@ def render(intent: Intent, rng: np.random.Generator, config: GrammarConfig) -> U
             words.append(suffix)
     transcript = " ".join(words)
     if normalize_transcript(transcript) != transcript:  # the grammar table is written canonically
-        raise ValueError(f"grammar phrasing {transcript!r} is not canonical; fix tinymm.intent.PHRASES")
+        raise ValueError(f"grammar phrasing {transcript!r} is not canonical; fix tinymm.robot.phrases.PHRASES")
     spoken = transcript[0].upper() + transcript[1:] + ("?" if intent.kind == "question" else ".")
     return Utterance(transcript=transcript, intent=intent, spoken_text=spoken)
 

@@ -42,11 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinymm.decoding.grammar import ROBOT_COMMANDS, GrammarDecoder, GrammarHypothesis
+from tinymm.decoding.grammar import GrammarDecoder, GrammarHypothesis
 from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
-from tinymm.intent import IntentParser, normalize_transcript
 from tinymm.preprocess.config import AudioConfig
+from tinymm.robot.grammar import ROBOT_COMMANDS, builtin_grammar
+from tinymm.robot.intent import IntentParser
+from tinymm.robot.transcripts import normalize_transcript
 from train.checkpoint import adopt_files, latest_checkpoint, load_checkpoint, load_optimizer_state, \
     read_checkpoint_meta, save_checkpoint, step_dir_name
 from train.data.speech_dataset import SPLITS, SpeechDataset
@@ -389,14 +391,14 @@ def markdown_table(models: dict[str, Any], split: str = "test") -> str:
 
 
 def grammar_decoder(tokenizer_path: Path, tokenizer) -> GrammarDecoder | None:
-    """The runtime's decoder of the clips' grammar (tinymm.intent's, which train.data.speech_grammar
+    """The runtime's decoder of the clips' grammar (tinymm.robot's, which train.data.speech_grammar
     speaks), recorded next to the tokenizer for the export (OUT/tokenizer/grammar.txt); None when the
     tokenizer cannot spell the grammar (a tiny run's vocabulary may lack letters)."""
     path = tokenizer_path.with_name(GRAMMAR_FILE)
     if path.is_file():
-        return GrammarDecoder.from_tokenizer(read_grammar(path), tokenizer, CTC_BLANK_ID)
+        return GrammarDecoder.from_tokenizer(builtin_grammar(read_grammar(path)), tokenizer, CTC_BLANK_ID)
     try:
-        decoder = GrammarDecoder.from_tokenizer(ROBOT_COMMANDS, tokenizer, CTC_BLANK_ID)
+        decoder = GrammarDecoder.from_tokenizer(builtin_grammar(ROBOT_COMMANDS), tokenizer, CTC_BLANK_ID)
     except BundleError as e:
         logger.warning("no grammar decoding: %s", e)
         return None

@@ -1,20 +1,14 @@
-"""Spoken robot commands and scene questions: transcript normalization and intent parsing.
+"""Spoken robot commands and scene questions: the Intent type and the intent parser.
 
-The speech pipeline's ``command(audio)`` transcribes a clip, then ``parse_intent`` maps the
+The speech pipeline's ``command(audio)`` transcribes a clip, then ``IntentParser.parse`` maps the
 transcript to an ``Intent``: ``{"action": "move", "direction": "forward", "distance_m": 3}``,
 ``{"action": "turn", "direction": "left"}``, ``{"action": "pick_up", "color": "red",
 "shape": "circle"}``, ``{"action": "question", "type": "color", "shape": "star", "question":
 "what color is the star?"}`` ... Text outside the grammar gives None: the parser never guesses.
 
-The grammar is the table ``PHRASES`` below: for each intent frame, the phrasings the runtime
-understands, with ``{color}``, ``{shape}``, ``{shapes}`` (plural) and ``{distance}`` ("three
-meters") slots, optionally preceded by a polite prefix ("could you please") and, for commands,
-followed by a suffix ("please"). The training data generator (``train/data/speech_grammar.py``)
-renders utterances from this same table, so what the models hear is exactly what the parser
-accepts. The first phrasing of a frame is its canonical form: a question's ``question`` text is
-the canonical phrasing with its slots filled, the text the vision-language model is asked.
-``grammar_templates`` spells the table out, slots filled, for a speech decoder constrained to
-the grammar (tinymm/decoding/grammar.py).
+The grammar is the table ``tinymm.robot.phrases.PHRASES``. The first phrasing of a frame is its
+canonical form: a question's ``question`` text is the canonical phrasing with its slots filled,
+the text the vision-language model is asked.
 
 Small speech-recognition slips are tolerated where it is cheap: a slot word is matched against
 its closed vocabulary with ``difflib`` ("read" -> red, "sqare" -> square), a literal word of four
@@ -29,100 +23,27 @@ from __future__ import annotations
 
 import difflib
 import itertools
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Any, Mapping, NamedTuple
 
-# ----------------------------------------------------------------------------------------------
-# Vocabulary
-
-COLORS = ("red", "green", "blue", "yellow", "orange", "purple", "white", "black")
-SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
-SHAPE_PLURALS = {shape: shape + ("es" if shape.endswith(("s", "x", "sh", "ch")) else "s") for shape in SHAPES}
-NUMBER_WORDS = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-MIN_DISTANCE_M = 1  # shortest spoken move distance, meters
-MAX_DISTANCE_M = len(NUMBER_WORDS)  # longest spoken move distance, meters ("ten")
-
-ACTIONS = ("stop", "move", "turn", "pick_up", "put_down", "look_at", "question")
-MOVE_DIRECTIONS = ("forward", "backward")
-TURN_DIRECTIONS = ("left", "right", "around")
-# The question types of the scene generator (train/data/scene_language.py) that can be spoken.
-QUESTION_TYPES = ("color", "shape", "count", "count_shape", "exist", "position", "sign")
-
-# Characters a canonical transcript may contain (a speech model's output alphabet).
-TRANSCRIPT_ALPHABET = " abcdefghijklmnopqrstuvwxyz"
-
-# ----------------------------------------------------------------------------------------------
-# Grammar: frame -> phrasings. A frame is (action, direction or question type). The slots a
-# phrasing uses must be exactly the slots its intent fills; the first phrasing whose slots fit
-# an intent is that intent's canonical form.
-
-PHRASES: Mapping[tuple[str, str | None], tuple[str, ...]] = {
-    ("stop", None): ("stop", "halt", "stop moving", "stop right there", "freeze"),
-    ("move", "forward"): (
-        "go forward", "move forward", "go ahead", "move ahead", "drive forward",
-        "go forward {distance}", "move forward {distance}", "go {distance} forward",
-        "move {distance} forward", "drive forward {distance}", "go ahead {distance}",
-    ),
-    ("move", "backward"): (
-        "go back", "go backward", "go backwards", "move back", "move backward", "back up", "reverse",
-        "go back {distance}", "go backward {distance}", "move back {distance}",
-        "move backward {distance}", "move {distance} back", "back up {distance}",
-    ),
-    ("turn", "left"): ("turn left", "turn to the left", "turn to your left", "rotate left", "take a left"),
-    ("turn", "right"): ("turn right", "turn to the right", "turn to your right", "rotate right", "take a right"),
-    ("turn", "around"): ("turn around", "turn all the way around", "spin around", "do a u turn", "about face"),
-    ("pick_up", None): (
-        "pick up the {color} {shape}", "pick the {color} {shape} up", "grab the {color} {shape}",
-        "take the {color} {shape}", "lift the {color} {shape}",
-    ),
-    ("put_down", None): (
-        "put it down", "put down", "drop it", "set it down", "put it back down", "release it", "let it go",
-    ),
-    ("look_at", None): (
-        "look at the {color} {shape}", "look toward the {color} {shape}", "look towards the {color} {shape}",
-        "face the {color} {shape}", "point the camera at the {color} {shape}",
-    ),
-    ("question", "color"): (
-        "what color is the {shape}", "what is the color of the {shape}", "which color is the {shape}",
-        "what color does the {shape} have", "tell me the color of the {shape}",
-        "can you tell me what color the {shape} is",
-    ),
-    ("question", "shape"): (
-        "what shape is the {color} object", "what is the shape of the {color} object",
-        "which shape is the {color} object", "what shape is the {color} thing",
-        "what shape does the {color} object have",
-    ),
-    ("question", "count"): (
-        "how many objects are there", "how many shapes are there", "how many things are there",
-        "how many objects do you see", "count the objects",
-    ),
-    ("question", "count_shape"): (
-        "how many {shapes} are there", "how many {shapes} do you see", "how many {shapes} can you see",
-        "count the {shapes}",
-    ),
-    ("question", "exist"): (
-        "is there a {color} {shape}", "do you see a {color} {shape}", "can you see a {color} {shape}",
-        "is there any {color} {shape}",
-    ),
-    ("question", "position"): (
-        "where is the {color} {shape}", "where can i find the {color} {shape}", "where is the {color} {shape} located",
-    ),
-    ("question", "sign"): (
-        "what does the sign say", "what is written on the sign", "read the sign", "what does the sign read",
-        "what is on the sign", "read me the sign",
-    ),
-}
-
-# Words said before or after the phrasing; they do not change the intent.
-COMMAND_PREFIXES = (
-    "please", "robot", "hey robot", "okay robot", "robot please", "now", "can you", "could you",
-    "could you please", "would you please",
+from tinymm.robot.phrases import (
+    ACTIONS,
+    COLORS,
+    DISTANCE_UNITS,
+    MAX_DISTANCE_M,
+    MIN_DISTANCE_M,
+    NUMBER_WORDS,
+    PHRASES,
+    QUESTION_TYPES,
+    SHAPE_PLURALS,
+    SHAPES,
+    SLOT_PATTERN,
+    affixes,
+    distance_words,
+    phrase_slots,
+    with_articles,
 )
-COMMAND_SUFFIXES = ("please", "now", "for me")
-QUESTION_PREFIXES = ("robot", "hey robot", "okay robot")
-QUESTION_SUFFIXES: tuple[str, ...] = ()
+from tinymm.robot.transcripts import normalize_transcript
 
 # ----------------------------------------------------------------------------------------------
 # Tolerance to recognition slips
@@ -134,92 +55,8 @@ MAX_INEXACT_WORDS = 2  # more inexact words than this and the transcript is out 
 # Words heard in place of a distance number, and the number they stand for.
 NUMBER_HOMOPHONES = {"a": 1, "an": 1, "won": 1, "to": 2, "too": 2, "tree": 3, "for": 4, "fore": 4, "ate": 8}
 HOMOPHONE_SIMILARITY = 0.5  # a distance homophone costs half a missed word
-DISTANCE_UNITS = ("meter", "meters")
 # Literal words that are interchangeable in the grammar (the article before a vowel).
 LITERAL_EQUIVALENTS = {"an": "a"}
-
-_SLOT_PATTERN = re.compile(r"\{(\w+)\}")
-
-
-# ----------------------------------------------------------------------------------------------
-# Normalization
-
-
-_CONTRACTIONS = {
-    "what's": "what is", "where's": "where is", "there's": "there is", "it's": "it is",
-    "that's": "that is", "here's": "here is", "how's": "how is", "who's": "who is", "let's": "let us",
-    "can't": "can not", "won't": "will not", "i'm": "i am",
-}
-_CONTRACTION_SUFFIXES = (("n't", " not"), ("'re", " are"), ("'ll", " will"), ("'ve", " have"), ("'d", " would"))
-_SPELLINGS = {
-    "colour": "color", "colours": "colors", "metre": "meter", "metres": "meters", "grey": "gray", "centre": "center",
-}
-_ONES = (
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-    "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
-)
-_TENS = ("", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
-_SCALES = ((10**9, "billion"), (10**6, "million"), (1000, "thousand"), (100, "hundred"))
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
-_METERS_AFTER_NUMBER = re.compile(r"(\d+(?:\.\d+)?)\s*m\b")
-_INNER_APOSTROPHE = re.compile(r"(?<=[a-z])'(?=[a-z])")
-_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}\b)")
-_NOT_LETTER = re.compile(r"[^a-z]+")
-
-
-def _int_to_words(n: int) -> str:
-    """0 -> "zero", 25 -> "twenty five", 3104 -> "three thousand one hundred four"."""
-    if n < 20:
-        return _ONES[n]
-    if n < 100:
-        tens, ones = divmod(n, 10)
-        return _TENS[tens] + (" " + _ONES[ones] if ones else "")
-    scale, name = next((scale, name) for scale, name in _SCALES if n >= scale)  # n >= 100: "hundred" at least
-    high, rest = divmod(n, scale)
-    return f"{_int_to_words(high)} {name}" + (" " + _int_to_words(rest) if rest else "")
-
-
-def _number_to_words(digits: str) -> str:
-    """ "3" -> "three", "2.5" -> "two point five" (digits after the point are read one by one)."""
-    whole, _, fraction = digits.partition(".")
-    words = _int_to_words(int(whole))
-    if fraction:
-        words += " point " + " ".join(_ONES[int(d)] for d in fraction)
-    return words
-
-
-def normalize_transcript(text: str) -> str:
-    """The canonical form of a transcript: lowercase words of a-z separated by single spaces.
-
-    Steps, in order (training labels and runtime input both go through this function):
-
-    1. Unicode compatibility forms and accents are removed (NFKD: "café" -> "cafe"), lowercase;
-       typographic apostrophes become ``'``.
-    2. Contractions are expanded: "what's" -> "what is", "don't" -> "do not", "they're" ->
-       "they are" (possessive 's is not expanded: "robot's" -> "robots").
-    3. Numbers written with digits become words: "3" -> "three", "1,200" -> "one thousand two
-       hundred", "2.5" -> "two point five"; a number followed by "m" is in meters: "3m" ->
-       "three meters", "1 m" -> "one meter".
-    4. Apostrophes left inside words are dropped; every other character outside a-z
-       (punctuation, hyphens, digits' leftovers) becomes a space.
-    5. British spellings of the grammar's words become American: colour -> color, metres ->
-       meters, grey -> gray.
-    6. Spaces collapse to one; none lead or trail.
-
-    The result only uses ``TRANSCRIPT_ALPHABET`` and ``normalize_transcript`` of it is itself.
-    """
-    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
-    text = text.lower().replace("\u2019", "'").replace("\u2018", "'")
-    for short, long in _CONTRACTIONS.items():
-        text = re.sub(rf"\b{re.escape(short)}\b", long, text)
-    for suffix, long in _CONTRACTION_SUFFIXES:
-        text = re.sub(rf"(?<=[a-z]){re.escape(suffix)}\b", long, text)
-    text = _INNER_APOSTROPHE.sub("", text)
-    text = _THOUSANDS_COMMA.sub("", text)
-    text = _METERS_AFTER_NUMBER.sub(lambda m: m.group(1) + (" meter" if m.group(1) == "1" else " meters"), text)
-    text = _NUMBER.sub(lambda m: f" {_number_to_words(m.group(0))} ", text)
-    words = _NOT_LETTER.sub(" ", text).split()
-    return " ".join(_SPELLINGS.get(word, word) for word in words)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,7 +100,7 @@ class Intent:
             raise ValueError(f"only question intents take a question_type: {self}")
         # The slots an intent may fill are those of some phrasing of its frame.
         fields = {"color": "color", "shape": "shape", "shapes": "shape", "distance": "distance_m"}
-        allowed = {tuple(sorted(fields[slot] for slot in _phrase_slots(phrase))) for phrase in PHRASES[self.frame]}
+        allowed = {tuple(sorted(fields[slot] for slot in phrase_slots(phrase))) for phrase in PHRASES[self.frame]}
         filled = tuple(sorted(fields[slot] for slot in _intent_slots(self)))
         if filled not in allowed:
             frame = self.action + (f" {self.frame[1]}" if self.frame[1] else "")
@@ -319,10 +156,6 @@ class Intent:
 # Rendering (the grammar read forwards)
 
 
-def _phrase_slots(phrase: str) -> set[str]:
-    return set(_SLOT_PATTERN.findall(phrase))
-
-
 def _intent_slots(intent: Intent) -> set[str]:
     """The phrase slots an intent fills: shape is said as {shapes} in count questions."""
     slots = set()
@@ -335,85 +168,19 @@ def _intent_slots(intent: Intent) -> set[str]:
     return slots
 
 
-def _distance_words(meters: int) -> str:
-    """3 -> "three meters", 1 -> "one meter"."""
-    return f"{NUMBER_WORDS[meters - 1]} {DISTANCE_UNITS[meters != 1]}"
-
-
-def _with_articles(words: list[str]) -> str:
-    """The words joined, "a" before a vowel color made "an": "a orange star" -> "an orange star"
-    (a color is the only slot word that starts with a vowel)."""
-    return " ".join(
-        "an" if word == "a" and i + 1 < len(words) and words[i + 1] in COLORS and words[i + 1][0] in "aeiou" else word
-        for i, word in enumerate(words)
-    )
-
-
 def _fill(phrase: str, intent: Intent) -> str:
     values = {"color": intent.color, "shape": intent.shape}
     if intent.shape is not None:
         values["shapes"] = SHAPE_PLURALS[intent.shape]
     if intent.distance_m is not None:
-        values["distance"] = _distance_words(intent.distance_m)
-    return _with_articles(_SLOT_PATTERN.sub(lambda m: str(values[m.group(1)]), phrase).split())
+        values["distance"] = distance_words(intent.distance_m)
+    return with_articles(SLOT_PATTERN.sub(lambda m: str(values[m.group(1)]), phrase).split())
 
 
 def phrasings(intent: Intent) -> tuple[str, ...]:
     """Every way the grammar says ``intent`` (without polite prefixes or suffixes), canonical first."""
     wanted = _intent_slots(intent)
-    return tuple(_fill(phrase, intent) for phrase in PHRASES[intent.frame] if _phrase_slots(phrase) == wanted)
-
-
-def affixes(kind: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(prefixes, suffixes) that may surround a phrasing of this kind ("command" or "question")."""
-    if kind == "question":
-        return QUESTION_PREFIXES, QUESTION_SUFFIXES
-    return COMMAND_PREFIXES, COMMAND_SUFFIXES
-
-
-def slot_fillers() -> dict[str, tuple[str, ...]]:
-    """The words each phrase slot may be filled with: {"color": ("red", ...), "distance": ("one meter", ...)}."""
-    return {
-        "color": COLORS,
-        "shape": SHAPES,
-        "shapes": tuple(SHAPE_PLURALS[shape] for shape in SHAPES),
-        "distance": tuple(_distance_words(m) for m in range(MIN_DISTANCE_M, MAX_DISTANCE_M + 1)),
-    }
-
-
-class GrammarTemplate(NamedTuple):
-    """One phrasing of ``PHRASES`` with its slots spelled out, for decoders constrained to the grammar.
-
-    The sentences of the template are one alternative of each segment, in order, joined by
-    spaces: ``(("pick up the",), ("red", "green", ...), ("circle", ...))``. An article and the
-    color slot after it form one segment (``("a red", ..., "an orange")``), as ``phrasings`` says them.
-    """
-
-    kind: str  # "command" or "question": ``affixes(kind)`` may surround it
-    segments: tuple[tuple[str, ...], ...]  # alternatives of each position, each one or more words
-
-
-def grammar_templates() -> tuple[GrammarTemplate, ...]:
-    """Every phrasing of ``PHRASES``, in table order, as a GrammarTemplate.
-
-    With the optional prefix and suffix of ``affixes(template.kind)``, they say every sentence
-    of ``all_transcripts`` (train/data/speech_grammar.py) and a few more ("please stop please").
-    """
-    fillers = slot_fillers()
-    templates = []
-    for (action, _), phrases in PHRASES.items():
-        for phrase in phrases:
-            segments: list[tuple[str, ...]] = []
-            for token in phrase.split():
-                slot = _SLOT_PATTERN.fullmatch(token)
-                if slot is None:
-                    segments.append((token,))
-                elif segments and segments[-1] == ("a",):  # the article agrees with the word after it
-                    segments[-1] = tuple(_with_articles(["a", word]) for word in fillers[slot.group(1)])
-                else:
-                    segments.append(fillers[slot.group(1)])
-            templates.append(GrammarTemplate("question" if action == "question" else "command", tuple(segments)))
-    return tuple(templates)
+    return tuple(_fill(phrase, intent) for phrase in PHRASES[intent.frame] if phrase_slots(phrase) == wanted)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -507,7 +274,7 @@ def _match_template(words: list[str], template: _Template, scorer: _WordScorer) 
     slots: list[tuple[str, Any]] = []
     i = 0
     for token in template.tokens:
-        slot = _SLOT_PATTERN.fullmatch(token)
+        slot = SLOT_PATTERN.fullmatch(token)
         if slot is None:
             score = scorer.literal(words[i], token)
             if score == 0.0:
