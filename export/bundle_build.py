@@ -49,9 +49,10 @@ from export.golden import TOLERANCES, GoldenRecord, evaluate_variant, record_gol
 from export.onnx_common import ExportError, ExportOptions, Prepared, SampleOptions, export_onnx
 from export.parity import ParityError, check_parity, component_parity, load_session
 from export.share_weights import share_decoder_weights
-from export.task_eval import GateOptions, TaskEvaluator, make_task_evaluator, missing_test_split
+from export.task_eval import GateOptions, TaskEvaluator
 from export.task_eval_card import gate_lines, task_lines
 from export.task_eval_gate import GOLDEN_METRIC, Int8Variants, build_int8_variants, task_metrics
+from export.task_evaluators import make_task_evaluator, missing_test_split
 from tinymm import __version__
 from tinymm.bundle import PRECISIONS, Bundle, BundleWriter, read_bundle, verify_bundle
 from tinymm.bundle.validate import NAME_HINT

@@ -1,6 +1,6 @@
 """The task metric of a set of ONNX component files, measured with the runtime's own pipelines.
 
-    evaluator = make_task_evaluator(prepared, Path("runs/vlm"), GateOptions(eval_samples=32))
+    evaluator = make_task_evaluator(prepared, Path("runs/vlm"), GateOptions(eval_samples=32))  # task_evaluators.py
     scores = evaluator.score({"image_encoder": Path("image_encoder.onnx"), ...})
     scores.main                    # VQA accuracy in points (speech: WER in points, lower is better)
     evaluator.gate_metrics("text_encoder")   # ("zero_shot_top1",): the metrics that component can change
@@ -19,6 +19,10 @@ Metrics follow train/ (train/metrics_vision.py, train/metrics_speech.py) on the 
 - vision-language (``task_eval_vlm.py``): VQA accuracy (main), caption fact accuracy, zero-shot
   top-1 (on more scenes than the others: it needs only the two encoders' embeddings);
 - speech (``task_eval_speech.py``): WER (main, lower is better), CER, intent accuracy.
+
+This module holds what the evaluators share (``TaskEvaluator``, ``TaskScores``, ``GateOptions``);
+``task_evaluators.py`` picks the evaluator of a family, so that the evaluators import this module
+and nothing imports back.
 
 The int8 gate judges each component on ``gate_metrics(component)``, the metrics that component
 can change (a text encoder that only feeds zero-shot classification is judged on zero-shot top-1,
@@ -227,34 +231,3 @@ class TaskEvaluator(ABC):
     def agreement(self, paths: Mapping[str, Path]) -> dict[str, Any]:
         """How often the runtime's outputs with `paths` equal the torch model's greedy outputs."""
         return agreement(self.torch_scores().outputs, self.score(paths).outputs)
-
-
-def missing_test_split(family: str, data_dir: Path | None) -> str | None:
-    """Why the task metric cannot be measured (no --data, no test split), or None when it can."""
-    if data_dir is None:
-        return "no --data given"
-    root = Path(data_dir)
-    if family == "vision-language":
-        found = any((base / TEST_SPLIT / "annotations.jsonl").is_file() for base in (root, root / "scenes"))
-        where = f"{root}/[scenes/]{TEST_SPLIT}/annotations.jsonl"
-    elif family == "speech":
-        found = (root / "speech" / TEST_SPLIT / "manifest.jsonl").is_file()
-        where = f"{root}/speech/{TEST_SPLIT}/manifest.jsonl"
-    else:
-        return f"no task metric is defined for family {family!r}"
-    return None if found else f"no {TEST_SPLIT} split in {root} (looked for {where})"
-
-
-def make_task_evaluator(prepared: Prepared, data_dir: Path | None, options: GateOptions) -> TaskEvaluator | None:
-    """The evaluator of `prepared`'s family on `data_dir`'s test split, or None (logged) when there is none."""
-    problem = missing_test_split(prepared.family, data_dir)
-    if problem is not None:
-        logger.warning("int8 gate: %s, so it falls back to the golden outputs' cosine", problem)
-        return None
-    if prepared.family == "vision-language":
-        from export.task_eval_vlm import VLMTaskEvaluator
-
-        return VLMTaskEvaluator(prepared, Path(data_dir), options.samples_for(prepared.family), options.threads)  # type: ignore[arg-type]
-    from export.task_eval_speech import SpeechTaskEvaluator
-
-    return SpeechTaskEvaluator(prepared, Path(data_dir), options.samples_for(prepared.family), options.threads)  # type: ignore[arg-type]

@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from export.trt_rules import check_tensorrt_graph
+from tinymm.backends.base import InputProfile
 from tinymm.backends.engine_cache import (
     TRT_PRECISIONS,
     EngineKey,
-    InputProfile,
     ShapeLimits,
     compute_profiles,
     contract_limits,

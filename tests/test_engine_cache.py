@@ -9,10 +9,9 @@ import logging
 
 import pytest
 
-from tinymm.backends.base import TensorSpec
+from tinymm.backends.base import InputProfile, TensorSpec
 from tinymm.backends.engine_cache import (
     EngineKey,
-    InputProfile,
     ShapeLimits,
     compute_profiles,
     contract_limits,

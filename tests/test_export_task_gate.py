@@ -25,12 +25,12 @@ from export.__main__ import main as export_main  # noqa: E402
 from export.accuracy_gate import DEFAULT_MAX_DROP, run_int8_gate  # noqa: E402
 from export.golden import record_golden  # noqa: E402
 from export.onnx_common import ExportOptions, SampleOptions, export_onnx  # noqa: E402
-from export.task_eval import (GateOptions, TaskScores, agreement, make_task_evaluator, metric_drop,  # noqa: E402
-                              missing_test_split)
+from export.task_eval import GateOptions, TaskScores, agreement, metric_drop  # noqa: E402
 import export.task_eval_gate as task_eval_gate  # noqa: E402
 import export.task_eval_vlm as task_eval_vlm  # noqa: E402
 from export.task_eval_card import gate_lines  # noqa: E402
 from export.task_eval_gate import LARGEST_DROP, build_int8_variants  # noqa: E402
+from export.task_evaluators import make_task_evaluator, missing_test_split  # noqa: E402
 from onnx import numpy_helper  # noqa: E402
 from tinymm.bundle import read_bundle  # noqa: E402
 from tinymm.errors import EXIT_USAGE  # noqa: E402

@@ -13,8 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tinymm.backends.base import BackendOptions
-from tinymm.backends.engine_cache import InputProfile
+from tinymm.backends.base import BackendOptions, InputProfile
 from tinymm.backends.ort_providers import TRT_CACHE_SUBDIR, tensorrt_provider_options, trt_profile_options
 from tinymm.backends.trt_profiles import (
     BUNDLE_HASH_HEX_CHARS,

@@ -11,21 +11,21 @@ first use (PEP 562).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
 from tinymm.errors import BackendError, BundleError, InputError, TinymmError
+from tinymm.lazy_exports import lazy_attributes
 
 if TYPE_CHECKING:
     from tinymm.pipelines.loading import load
 
 __all__ = ["BackendError", "BundleError", "InputError", "TinymmError", "__version__", "load"]
 
+_LAZY = {"load": "pipelines.loading"}  # name -> the submodule that defines it, imported on first use
+__getattr__, _lazy_dir = lazy_attributes(__name__, _LAZY)
 
-def __getattr__(name: str) -> Any:
-    if name == "load":
-        from tinymm.pipelines.loading import load
 
-        return load
-    raise AttributeError(f"module 'tinymm' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_lazy_dir()})

@@ -14,14 +14,11 @@ import importlib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Any, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from tinymm.errors import BackendError, InputError
-
-if TYPE_CHECKING:
-    from tinymm.backends.engine_cache import InputProfile
 
 PROVIDERS = ("auto", "cpu", "cuda", "tensorrt")
 GRAPH_OPTIMIZATIONS = ("disabled", "basic", "extended", "all")
@@ -53,6 +50,20 @@ class TensorSpec:
         return f"{self.name}: {self.dtype}[{dims}]"
 
 
+@dataclass(frozen=True)
+class InputProfile:
+    """The min/opt/max shapes of one engine input: one entry of a TensorRT optimization profile
+    (``BackendOptions.trt_profiles``; ``engine_cache.compute_profiles`` makes them)."""
+
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    def to_list(self) -> list[Any]:
+        return [self.name, list(self.min), list(self.opt), list(self.max)]
+
+
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"BackendOptions.{name}={value!r} is not one of {list(choices)}")
@@ -74,9 +85,6 @@ def _check_profile_shape(where: str, shape: Any, rank: int) -> None:
 
 def _check_trt_profiles(value: Any) -> tuple[InputProfile, ...]:
     """BackendOptions.trt_profiles as a tuple; ValueError naming the first bad entry."""
-    # Imported here: engine_cache imports this module (for Dim).
-    from tinymm.backends.engine_cache import InputProfile
-
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise ValueError(
             f"BackendOptions.trt_profiles={value!r} must be a sequence of InputProfile "

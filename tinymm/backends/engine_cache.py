@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
 
-from tinymm.backends.base import Dim
+from tinymm.backends.base import Dim, InputProfile
 from tinymm.errors import BackendError, InputError
 
 logger = logging.getLogger(__name__)
@@ -116,19 +116,6 @@ def contract_limits(
     if max_frames is not None:
         dims["frames"] = (1, max(1, max_frames // 2), max_frames)
     return ShapeLimits(batch=(1, 1, max_batch), dims=dims)
-
-
-@dataclass(frozen=True)
-class InputProfile:
-    """The min/opt/max shapes of one engine input (one entry of an optimization profile)."""
-
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-    def to_list(self) -> list[Any]:
-        return [self.name, list(self.min), list(self.opt), list(self.max)]
 
 
 def compute_profiles(inputs: Sequence[_Spec], limits: ShapeLimits) -> tuple[InputProfile, ...]:

@@ -40,13 +40,10 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from tinymm.backends.base import BackendOptions
+from tinymm.backends.base import BackendOptions, InputProfile
 from tinymm.errors import BackendError
-
-if TYPE_CHECKING:
-    from tinymm.backends.engine_cache import InputProfile
 
 logger = logging.getLogger(__name__)
 

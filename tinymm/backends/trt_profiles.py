@@ -25,8 +25,8 @@ from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.load_options import DEFAULT_MAX_BATCH
 
 if TYPE_CHECKING:  # the backends import numpy: loaded when a bundle is, not for `tinymm --help`
-    from tinymm.backends.base import BackendOptions
-    from tinymm.backends.engine_cache import InputProfile, ShapeLimits
+    from tinymm.backends.base import BackendOptions, InputProfile
+    from tinymm.backends.engine_cache import ShapeLimits
     from tinymm.bundle import Manifest
     from tinymm.pipelines.load_options import LoadOptions
 
