@@ -132,20 +132,22 @@ def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def _cycle_through(component: list[str], graph: dict[str, set[str]]) -> list[str]:
-    """One import path around the cycle, for the failure message: a -> b -> ... -> a."""
-    members = set(component)
-    start = component[0]
-    path, seen = [start], {start}
-    while True:
-        nxt = sorted(graph[path[-1]] & members)
-        back = [n for n in nxt if n == start]
-        if back and len(path) > 1 or (back and len(component) == 1):
-            return [*path, start]
-        fresh = [n for n in nxt if n not in seen]
-        if not fresh:
-            return [*path, "..."]
-        path.append(fresh[0])
-        seen.add(fresh[0])
+    """The shortest import path around the cycle from the component's first module, for the
+    failure message: a -> b -> ... -> a."""
+    members, start = set(component), component[0]
+    previous: dict[str, str | None] = {start: None}
+    queue = [start]
+    for node in queue:
+        for child in sorted(graph[node] & members):
+            if child == start:
+                path = [node]
+                while previous[path[-1]] is not None:
+                    path.append(previous[path[-1]])  # type: ignore[arg-type]
+                return [*reversed(path), start]
+            if child not in previous:
+                previous[child] = node
+                queue.append(child)
+    return [*component, "..."]  # not reached: a strongly connected component has a cycle through each member
 
 
 def test_there_is_no_import_cycle():
@@ -154,7 +156,7 @@ def test_there_is_no_import_cycle():
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(_cycle_through(c, graph)) for c in cycles)
 
 
-def test_the_graph_sees_function_level_and_relative_imports():
+def test_the_graph_sees_function_level_imports_and_skips_lazy_names():
     graph = import_graph()
     # loading.load_with imports the family registry at module level; the registry finds the
     # families by name, so neither it nor loading imports a family module.
@@ -168,9 +170,23 @@ def test_the_graph_sees_function_level_and_relative_imports():
     assert graph["tinymm.pipelines"] == {"tinymm.lazy_exports"}
 
 
+def test_relative_imports_and_submodules_resolve(tmp_path):
+    module = tmp_path / "pkg" / "sub" / "mod.py"
+    module.parent.mkdir(parents=True)
+    module.write_text("from . import sibling\nfrom ..other import name\nfrom .. import other\n"
+                      "def f():\n    import pkg.late\n", encoding="utf-8")
+    known = {"pkg", "pkg.sub", "pkg.sub.sibling", "pkg.other", "pkg.late"}
+    assert imported_modules("pkg.sub.mod", module, known) & known == {"pkg.sub.sibling", "pkg.other", "pkg.late"}
+    init = tmp_path / "pkg" / "sub" / "__init__.py"
+    init.write_text("from .sibling import x\nif TYPE_CHECKING:\n    from pkg import late\n", encoding="utf-8")
+    assert imported_modules("pkg.sub", init, known) & known == {"pkg.sub.sibling"}
+
+
 def test_cycles_are_found():
     assert strongly_connected({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"], ["d"]]
     assert _cycle_through(["a", "b", "c"], {"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle_through(["a", "b", "c"], {"a": {"b", "c"}, "b": {"c"}, "c": {"a"}}) == ["a", "c", "a"]
+    assert _cycle_through(["a"], {"a": {"a"}}) == ["a", "a"]
 
 
 def test_the_runtime_never_imports_torch_transformers_ctranslate2_train_or_export():
