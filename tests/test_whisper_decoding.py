@@ -274,3 +274,79 @@ def test_timestamp_rules_match_transformers():
         np.testing.assert_allclose(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)])
         checked += 1
     assert checked == 300
+
+
+# ---- the task: options, silence rule, segments, results ---------------------------------------
+
+
+def test_transcribe_options_are_checked_once():
+    from tinymm.decoding.whisper_task import TranscribeOptions
+
+    assert TranscribeOptions().audio_context == "full" and TranscribeOptions().beam_size == 1
+    for bad, match in (({"task": "summarize"}, "task="), ({"beam_size": 0}, "beam_size="),
+                       ({"audio_context": "half"}, "audio_context="), ({"language": ""}, "language="),
+                       ({"no_speech_threshold": 1.5}, "no_speech_threshold="), ({"timestamps": "yes"}, "timestamps=")):
+        with pytest.raises(ValueError, match=match):
+            TranscribeOptions(**bad)
+
+
+def test_context_frames_round_the_clip_up():
+    from tinymm.decoding.whisper_task import AUDIO_CONTEXT_STEP_FRAMES, context_frames
+
+    assert context_frames(300, "full", 3000) == 3000
+    assert context_frames(300, "clip", 3000) == 3 * AUDIO_CONTEXT_STEP_FRAMES == 384
+    assert context_frames(1, "clip", 3000) == AUDIO_CONTEXT_STEP_FRAMES
+    assert context_frames(2999, "clip", 3000) == 3000
+
+
+def test_a_window_is_silent_by_whispers_rule():
+    from tinymm.decoding.whisper_task import TranscribeOptions, WindowResult
+
+    def window(no_speech: float | None, avg: float) -> WindowResult:
+        return WindowResult(tokens=(1, 2, 3), sum_logprob=avg * 4, no_speech_prob=no_speech, language="en", finished=True)
+
+    options = TranscribeOptions()
+    assert window(0.9, -1.5).avg_logprob == pytest.approx(-1.5)
+    assert window(0.9, -1.5).is_silent(options)
+    assert not window(0.9, -0.5).is_silent(options)  # confident text is kept
+    assert not window(0.5, -1.5).is_silent(options)  # speech is likely
+    assert not window(None, -1.5).is_silent(options)
+    assert not window(0.9, -1.5).is_silent(TranscribeOptions(no_speech_threshold=None))
+    assert window(0.9, -0.5).is_silent(TranscribeOptions(logprob_threshold=None))
+
+
+def test_split_window_cuts_segments_as_whisper_does():
+    from tinymm.decoding.whisper_task import split_window
+
+    tokens = dataclasses.replace(TOKENS, timestamp_begin=100, vocab_size=300)  # room for 10 s of timestamps
+
+    def s(seconds: float) -> int:
+        return tokens.timestamp_begin + round(seconds / tokens.time_precision)
+
+    # Two complete segments then an unfinished one: the seek moves to the second's end (1.2 s = 120 frames).
+    out = split_window([s(0.0), 4, 5, s(0.6), s(0.6), 6, s(1.2), s(1.2), 7, 8], tokens, 3000, 2)
+    assert [(a, b, p) for a, b, p in out.segments] == [
+        (0.0, 0.6, (s(0.0), 4, 5, s(0.6))), (0.6, 1.2, (s(0.6), 6, s(1.2)))]
+    assert out.advance_frames == 120
+    # Ending on a lone timestamp: no speech after it, the whole window is consumed.
+    out = split_window([s(0.0), 4, s(0.5), s(0.5), 6, s(0.9)], tokens, 2500, 2)
+    assert [(a, b) for a, b, _ in out.segments] == [(0.0, 0.5), (0.5, 0.9)] and out.advance_frames == 2500
+    # No pair: one segment up to the last timestamp (or the window's end), the window consumed.
+    out = split_window([s(0.0), 4, 5, s(0.7)], tokens, 1000, 2)
+    assert [(a, b) for a, b, _ in out.segments] == [(0.0, pytest.approx(0.7))] and out.advance_frames == 1000
+    out = split_window([4, 5], tokens, 1000, 2)
+    assert [(a, b) for a, b, _ in out.segments] == [(0.0, pytest.approx(10.0))] and out.advance_frames == 1000
+
+
+def test_transcript_results_keep_their_dict_and_add_whisper_fields():
+    from tinymm.pipelines.results import Segment, TranscriptResult
+
+    plain = TranscriptResult("turn left", (1, 2), 0.9, 1.0).to_dict()
+    assert set(plain) == {"text", "raw_text", "in_grammar", "token_ids", "confidence", "duration_s", "timings"}
+    whisper = TranscriptResult("turn left", (1, 2), 0.9, 31.0, language="en", no_speech_prob=0.0123456789,
+                               segments=(Segment(0.0, 1.23456, "turn left"),), windows=2).to_dict()
+    assert whisper["language"] == "en" and whisper["no_speech_prob"] == 0.012346 and whisper["windows"] == 2
+    assert whisper["segments"] == [{"start": 0.0, "end": 1.235, "text": "turn left"}]
+    import json
+
+    assert json.loads(json.dumps(whisper)) == whisper

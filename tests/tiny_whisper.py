@@ -75,3 +75,48 @@ def build_whisper_tokenizer(path: Path, *, languages: tuple[str, ...] = LANGUAGE
         sot_prev=ids["<|startofprev|>"], no_speech=ids["<|nospeech|>"], no_timestamps=ids["<|notimestamps|>"],
         timestamp_begin=tokenizer.token_to_id("<|0.00|>"), vocab_size=tokenizer.get_vocab_size(),
     )
+
+
+# Weights drawn wider than transformers' default (0.02) and the final layer norm scaled up, so that the random
+# decoder's tokens vary with the step and the audio, and the logits have clear margins (no near-ties for the
+# ONNX-vs-torch comparisons to flip).
+INIT_STD = 0.5
+FINAL_NORM_SCALE = 3.0
+SUPPRESSED_SYMBOLS = ('"', "#", "(", ")", "*", "+", "/")  # a few of openai/whisper's non-speech symbols
+
+
+def write_tiny_whisper_checkpoint(directory: Path, *, seed: int = 0, languages: tuple[str, ...] = LANGUAGES,
+                                  max_source_positions: int = 1500) -> WhisperVocab:
+    """A random tiny WhisperForConditionalGeneration saved as a Hugging Face checkpoint directory
+    (config.json, generation_config.json, model.safetensors, tokenizer.json), as the Whisper exporter reads it."""
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = build_whisper_tokenizer(directory / "tokenizer.json", languages=languages)
+    tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+    suppress = sorted({tokenizer.encode(s, add_special_tokens=False).ids[0] for s in SUPPRESSED_SYMBOLS})
+    begin_suppress = [*tokenizer.encode(" ", add_special_tokens=False).ids, vocab.eot]
+    config = WhisperConfig(
+        vocab_size=vocab.vocab_size, num_mel_bins=80, d_model=16, encoder_layers=1, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32,
+        max_source_positions=max_source_positions, max_target_positions=448, decoder_start_token_id=vocab.sot,
+        eos_token_id=vocab.eot, pad_token_id=vocab.eot, bos_token_id=vocab.eot, suppress_tokens=suppress,
+        begin_suppress_tokens=begin_suppress, init_std=INIT_STD,
+    )
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.model.decoder.layer_norm.weight.mul_(FINAL_NORM_SCALE)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=vocab.sot, eos_token_id=vocab.eot, pad_token_id=vocab.eot, bos_token_id=vocab.eot,
+        max_length=448, suppress_tokens=suppress, begin_suppress_tokens=begin_suppress,
+        no_timestamps_token_id=vocab.no_timestamps, is_multilingual=bool(languages),
+        lang_to_id={f"<|{code}|>": token for code, token in vocab.languages.items()},
+        task_to_id={"transcribe": vocab.transcribe, "translate": vocab.translate},
+        max_initial_timestamp_index=50, return_timestamps=False,
+    )
+    model.save_pretrained(str(directory))
+    return vocab

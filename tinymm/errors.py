@@ -23,6 +23,13 @@ class TinymmError(Exception):
     kind = "error"
 
 
+class UsageError(TinymmError):
+    """Options that do not fit together or do not fit the bundle given (e.g. Whisper flags for a CTC bundle)."""
+
+    exit_code = EXIT_USAGE
+    kind = "usage_error"
+
+
 class BundleError(TinymmError):
     """A bundle is missing, malformed, corrupt, unsafe or from a newer format version."""
 

@@ -6,7 +6,8 @@ words are outside the command grammar (still exit 0: the audio was understood, i
 command). ``--json`` prints ``{"ok": true, "bundle": ..., "input": ..., "transcript": ...,
 "in_grammar": ..., "intent": {...} | null, "confidence": ..., "duration_s": ..., "timings":
 {...}}``. A bundle with a command grammar decodes with it; ``--no-grammar`` decodes freely (see
-``tinymm transcribe``). Empty or unreadable audio exits 3; a missing bundle 4.
+``tinymm transcribe``). Whisper bundles also take ``--language`` and ``--beam-size`` (the intent is
+parsed from Whisper's free transcript). Empty or unreadable audio exits 3; a missing bundle 4.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import sys
 from typing import Any
 
-from tinymm.commands.transcribe import add_grammar_flag, apply_grammar_flag
+from tinymm.commands.transcribe import add_grammar_flag, add_whisper_flags, apply_grammar_flag, whisper_options
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -28,6 +29,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument("clip", metavar="CLIP", help="WAV file, or - for WAV bytes on stdin")
     add_grammar_flag(parser)
+    add_whisper_flags(parser, ("--language", "--beam-size"))
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_SPEECH_BUNDLE)
     return parser
 
@@ -38,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
     apply_grammar_flag(speech, args)
-    result = speech.command(sys.stdin.buffer.read() if args.clip == "-" else args.clip)
+    options = whisper_options(speech, args)
+    result = speech.command(sys.stdin.buffer.read() if args.clip == "-" else args.clip, **options)
     if args.json:
         payload = {"ok": True, "bundle": speech.name, "input": args.clip, **result.to_dict()}
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")

@@ -8,6 +8,11 @@ when there are several); ``--json`` prints ``{"ok": true, "bundle": ..., "result
 (``in_grammar`` true, or false for speech outside it, which keeps the free transcript);
 ``--no-grammar`` decodes freely (``in_grammar`` null). Empty, unreadable or over-long audio
 exits 3; a missing bundle 4. For a live stream, use ``tinymm listen``.
+
+Whisper bundles (architecture ``whisper``) also take ``--language`` (default: detected),
+``--task translate``, ``--timestamps`` (prints ``[start -> end] text`` per segment; ``--json``
+adds ``segments``) and ``--beam-size``; their results add ``language``, ``no_speech_prob`` and
+``windows`` (30 s windows decoded). These flags with a bundle that does not take them exit 2.
 """
 
 from __future__ import annotations
@@ -25,8 +30,55 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("transcribe", help="transcribe audio clips", description="Transcribe audio clips.")
     parser.add_argument("clips", nargs="+", metavar="CLIP", help="WAV file, or - for WAV bytes on stdin")
     add_grammar_flag(parser)
+    add_whisper_flags(parser)
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_SPEECH_BUNDLE)
     return parser
+
+
+def _beam_size(text: str) -> int:
+    """argparse type of --beam-size: an integer in 1..64."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a beam size; give an integer in 1..64 (1: greedy)")
+    return value
+
+
+# flag -> transcribe() keyword, for the bundles whose pipeline lists the keyword in ``transcribe_options``
+WHISPER_FLAGS = {"--language": "language", "--task": "task", "--timestamps": "timestamps", "--beam-size": "beam_size"}
+
+
+def add_whisper_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...] = tuple(WHISPER_FLAGS)) -> None:
+    """The decoding flags of Whisper bundles (``whisper_options`` reads them); None when not given."""
+    group = parser.add_argument_group("Whisper bundles")
+    if "--language" in flags:
+        group.add_argument("--language", default=None, metavar="CODE", help="language code such as en (default: detected)")
+    if "--task" in flags:
+        group.add_argument("--task", default=None, choices=("transcribe", "translate"),
+                           help="transcribe (default), or translate to English")
+    if "--timestamps" in flags:
+        group.add_argument("--timestamps", action="store_const", const=True, default=None,
+                           help="decode timestamps and print the segments")
+    if "--beam-size" in flags:
+        group.add_argument("--beam-size", type=_beam_size, default=None, help="1: greedy search (default)")
+
+
+def whisper_options(speech: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of the Whisper flags given, checked against what ``speech.transcribe`` takes."""
+    from tinymm.errors import UsageError
+
+    given = {flag: getattr(args, key) for flag, key in WHISPER_FLAGS.items() if getattr(args, key, None) is not None}
+    supported = getattr(speech, "transcribe_options", ())
+    refused = [flag for flag in given if WHISPER_FLAGS[flag] not in supported]
+    if refused:
+        architecture = speech.bundle.manifest.architecture_name if getattr(speech, "bundle", None) else "?"
+        raise UsageError(
+            f"bundle {speech.name!r} (architecture {architecture}) does not take {', '.join(refused)}: only Whisper "
+            "bundles do; drop the flag(s), or pass a Whisper bundle with --bundle"
+        )
+    return {WHISPER_FLAGS[flag]: value for flag, value in given.items()}
 
 
 def add_grammar_flag(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
 
     speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
     apply_grammar_flag(speech, args)
+    options = whisper_options(speech, args)
     clips = [sys.stdin.buffer.read() if name == "-" else name for name in args.clips]
-    results = speech.transcribe(clips)
+    results = speech.transcribe(clips, **options)
     if args.json:
         items = [{"input": name, **result.to_dict()} for name, result in zip(args.clips, results)]
         payload = {"ok": True, "bundle": speech.name, "results": items}
@@ -55,4 +108,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         for name, result in zip(args.clips, results):
             sys.stdout.write(f"{name}: {result.text}\n" if len(results) > 1 else f"{result.text}\n")
+            for segment in getattr(result, "segments", None) or ():
+                sys.stdout.write(f"  [{segment.start:7.2f} -> {segment.end:7.2f}] {segment.text}\n")
     return 0

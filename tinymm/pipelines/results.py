@@ -163,8 +163,24 @@ class ClassifyResult:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """A timed piece of a transcript (Whisper with timestamps)."""
+
+    start: float  # seconds from the clip's start
+    end: float  # seconds from the clip's start, >= start
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": round(self.start, MS_DECIMALS), "end": round(self.end, MS_DECIMALS), "text": self.text}
+
+
+@dataclass(frozen=True)
 class TranscriptResult:
-    """The transcript of one audio clip."""
+    """The transcript of one audio clip.
+
+    The optional fields are filled by the pipelines that know them (Whisper) and left out of
+    ``to_dict`` when None, so the CTC pipeline's results read as before.
+    """
 
     text: str
     token_ids: tuple[int, ...]  # labels of the text: the best path's (repeats merged, no blanks) or the grammar's
@@ -174,9 +190,13 @@ class TranscriptResult:
     raw_text: str | None = None  # the best path's spelling, before lexicon and grammar (None: same as text)
     in_grammar: bool | None = None  # True: the grammar's sentence; False: speech outside it, the free
     # transcript; None: no grammar decoding (the bundle has none, or use_grammar is off)
+    language: str | None = None  # the language code decoded with (given or detected)
+    no_speech_prob: float | None = None  # probability of no speech in the first 30 s window
+    segments: tuple[Segment, ...] | None = None  # timed pieces, when timestamps were asked for
+    windows: int | None = None  # 30 s windows decoded (more than 1 for long audio)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "text": self.text,
             "raw_text": self.text if self.raw_text is None else self.raw_text,
             "in_grammar": self.in_grammar,
@@ -185,6 +205,15 @@ class TranscriptResult:
             "duration_s": round(self.duration_s, MS_DECIMALS),
             "timings": self.timings.to_dict(),
         }
+        if self.language is not None:
+            out["language"] = self.language
+        if self.no_speech_prob is not None:
+            out["no_speech_prob"] = _score(self.no_speech_prob)
+        if self.segments is not None:
+            out["segments"] = [segment.to_dict() for segment in self.segments]
+        if self.windows is not None:
+            out["windows"] = self.windows
+        return out
 
 
 @dataclass(frozen=True)

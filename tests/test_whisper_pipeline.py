@@ -1,0 +1,300 @@
+"""Whisper end to end: a tiny random WhisperForConditionalGeneration (tests/tiny_whisper.py), exported by the
+Whisper exporter (export/families/whisper.py) into a bundle, loaded with tinymm.load.
+
+The reference is transformers' ``generate`` (GenerationMixin's greedy search, which
+WhisperForConditionalGeneration.generate wraps with its own seek logic) fed the same features, the
+same forced start sequence and transformers' own Whisper logit processors with the same suppress
+lists; tinymm's tokens must be identical, with the KV cache and without it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import wave
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import tinymm
+from tinymm.decoding.whisper_task import TranscribeOptions
+from tinymm.errors import InputError
+
+pytestmark = pytest.mark.requires_torch
+
+RATE = 16000
+CLIPS = (  # (kind, seconds, language: None is detected, timestamps)
+    ("noise", 3.0, "en", False),
+    ("tone", 5.0, "de", False),
+    ("bursts", 10.0, "fr", True),
+    ("chirp", 2.0, None, True),
+)
+NO_CACHE_CLIPS = (0, 3)  # decoding without the KV cache runs decoder_first over the whole text each step: slow
+
+
+def _clip(kind: str, seconds: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * RATE)) / RATE
+    if kind == "noise":
+        x = 0.1 * rng.standard_normal(t.size)
+    elif kind == "tone":
+        x = 0.5 * np.sin(2 * np.pi * 440.0 * t)
+    elif kind == "chirp":
+        x = 0.4 * np.sin(2 * np.pi * (100.0 * t + 200.0 * t**2))
+    else:  # bursts: syllable-like gated noise
+        x = 0.3 * rng.standard_normal(t.size) * (np.sin(2 * np.pi * 3.0 * t + seed) > 0)
+    return x.astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def whisper(tmp_path_factory):
+    pytest.importorskip("transformers", reason="the tiny Whisper checkpoint is a transformers model")
+    pytest.importorskip("tokenizers", reason="the tiny Whisper tokenizer is built with tokenizers")
+    from tiny_whisper import write_tiny_whisper_checkpoint
+
+    from export.families import HFExportRequest
+    from export.families.whisper import export
+
+    root = tmp_path_factory.mktemp("whisper")
+    vocab = write_tiny_whisper_checkpoint(root / "checkpoint")
+    export(HFExportRequest(source=root / "checkpoint", out=root / "bundle", progress=False))
+    return SimpleNamespace(bundle=root / "bundle", checkpoint=root / "checkpoint", vocab=vocab)
+
+
+@pytest.fixture(scope="module")
+def pipeline(whisper):
+    return tinymm.load(whisper.bundle)
+
+
+@pytest.fixture(scope="module")
+def no_cache(pipeline):
+    """The same bundle decoded without decoder_with_past (decoder_first over the whole text at each step)."""
+    from tinymm.families.whisper import WhisperPipeline
+
+    return WhisperPipeline(encoder=pipeline.decoder.encoder, decoder_first=pipeline.decoder.decoder_first,
+                           decoder_with_past=None, preprocessor=pipeline.preprocessor, tokenizer=pipeline.tokenizer,
+                           model_info=pipeline.bundle.manifest.model, name="no-cache")
+
+
+@pytest.fixture(scope="module")
+def reference(whisper, pipeline):
+    """transformers' tokens and detected language for each clip of CLIPS."""
+    import torch
+    from transformers import GenerationConfig, WhisperForConditionalGeneration
+    from transformers.generation import (
+        GenerationMixin,
+        LogitsProcessorList,
+        SuppressTokensAtBeginLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+        WhisperTimeStampLogitsProcessor,
+    )
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model is slower with two threads on a busy 2-core machine
+    model = WhisperForConditionalGeneration.from_pretrained(str(whisper.checkpoint)).eval()
+    tokens = pipeline.settings.tokens
+    suppress = sorted({*pipeline.bundle.manifest.model["suppress_tokens"], *tokens.control_tokens})
+    begin = [*pipeline.tokenizer.encode(" "), tokens.eot]
+    out = []
+    for i, (kind, seconds, language, timestamps) in enumerate(CLIPS):
+        features = pipeline.preprocessor.features(_clip(kind, seconds, seed=i))[None]  # (1, 80, 3000)
+        with torch.no_grad():
+            if language is None:
+                detected = int(model.detect_language(torch.from_numpy(features))[0])
+                language = next(code for code, token in tokens.languages.items() if token == detected)
+            start = list(tokens.sot_sequence(language, "transcribe", timestamps))
+            processors = [SuppressTokensAtBeginLogitsProcessor(begin, len(start)), SuppressTokensLogitsProcessor(suppress)]
+            if timestamps:
+                config = GenerationConfig(eos_token_id=tokens.eot, no_timestamps_token_id=tokens.no_timestamps,
+                                          max_initial_timestamp_index=tokens.max_initial_timestamp_index)
+                processors.append(WhisperTimeStampLogitsProcessor(config, begin_index=len(start)))
+            sequence = GenerationMixin.generate(
+                model, torch.from_numpy(features), decoder_input_ids=torch.tensor([start]),
+                logits_processor=LogitsProcessorList(processors), max_length=448, do_sample=False, num_beams=1,
+                eos_token_id=tokens.eot, pad_token_id=tokens.eot, suppress_tokens=None, begin_suppress_tokens=None,
+                forced_decoder_ids=None,
+            )[0].tolist()[len(start):]
+        while sequence and sequence[-1] == tokens.eot:
+            sequence.pop()
+        out.append(SimpleNamespace(features=features, language=language, tokens=sequence))
+    torch.set_num_threads(threads)
+    return out
+
+
+@pytest.mark.parametrize("cache", ["kv-cache", "no-cache"])
+def test_greedy_tokens_match_transformers_generate(pipeline, no_cache, reference, cache):
+    runner = pipeline if cache == "kv-cache" else no_cache
+    for i, ((kind, seconds, language, timestamps), ref) in enumerate(zip(CLIPS, reference)):
+        if cache == "no-cache" and i not in NO_CACHE_CLIPS:
+            continue
+        options = TranscribeOptions(language=language, timestamps=timestamps)
+        states = runner.decoder.encode(ref.features)
+        (window,), _ = runner.decoder.decode(states, [language], options)
+        assert window.language == ref.language, (kind, seconds)
+        assert list(window.tokens) == ref.tokens, (kind, seconds, timestamps)
+    # Long decodes of varied tokens, text and timestamps: not a trivial comparison.
+    assert sum(len(r.tokens) for r in reference) > 1000 and all(len(set(r.tokens)) > 5 for r in reference)
+    tokens = pipeline.settings.tokens
+    assert any(t < tokens.eot for r in reference for t in r.tokens)
+    assert any(tokens.is_timestamp(t) for (*_, stamped), r in zip(CLIPS, reference) if stamped for t in r.tokens)
+
+
+def test_the_pipeline_transcribes_what_the_decoder_decodes(pipeline, reference):
+    eot = pipeline.settings.tokens.eot
+    for i, ((kind, seconds, language, timestamps), ref) in enumerate(zip(CLIPS, reference)):
+        if timestamps:
+            continue
+        result = pipeline.transcribe(_clip(kind, seconds, seed=i), RATE, language=language)
+        assert result.language == ref.language and result.windows == 1
+        if result.text:  # not rejected as silent
+            assert list(result.token_ids) == [t for t in ref.tokens if t < eot]
+            assert result.text == pipeline.tokenizer.decode(result.token_ids).strip()
+        assert 0.0 <= result.no_speech_prob <= 1.0 and 0.0 < result.confidence <= 1.0
+        assert result.segments is None and result.duration_s == pytest.approx(seconds)
+
+
+def test_a_batch_decodes_as_each_clip_alone(pipeline):
+    clips = [_clip("noise", 2.0, seed=5), _clip("bursts", 7.0, seed=6), _clip("tone", 1.0)]
+    together = pipeline.transcribe(clips, RATE)
+    alone = [pipeline.transcribe(c, RATE) for c in clips]
+    assert [r.token_ids for r in together] == [r.token_ids for r in alone]
+    assert [r.language for r in together] == [r.language for r in alone]
+    assert together[0].timings.batch_size == 3
+
+
+def test_beam_search_of_five(pipeline):
+    clip = _clip("bursts", 6.0, seed=2)
+    greedy = pipeline.transcribe(clip, RATE, language="en")
+    beam = pipeline.transcribe(clip, RATE, language="en", beam_size=5)
+    assert beam.windows == 1 and beam.language == "en" and math.isfinite(beam.confidence)
+    assert len(beam.timings.decode_ms) >= 1
+    stamped = pipeline.transcribe(clip, RATE, language="en", beam_size=5, timestamps=True)
+    _check_segments(stamped.segments, 30.0)
+    assert greedy.language == "en" and len(beam.token_ids) <= 448 - 4
+
+
+def _check_segments(segments, limit_s: float) -> None:
+    assert segments is not None
+    previous_end = 0.0
+    for segment in segments:
+        assert 0.0 <= segment.start < segment.end <= limit_s + 1e-9
+        assert segment.start >= previous_end - 1e-9  # in order, not overlapping
+        assert segment.text and segment.text == segment.text.strip()
+        previous_end = segment.end
+
+
+def test_timestamps_give_well_formed_segments(pipeline, reference):
+    for i, ((kind, seconds, language, timestamps), ref) in enumerate(zip(CLIPS, reference)):
+        if not timestamps:
+            continue
+        result = pipeline.transcribe(_clip(kind, seconds, seed=i), RATE, language=language, timestamps=True)
+        _check_segments(result.segments, 30.0)
+        assert result.segments, "the reference decoded timestamp pairs; segments were expected"
+        assert result.segments[0].start <= pipeline.settings.tokens.max_initial_timestamp
+        assert result.to_dict()["segments"][0]["text"] == result.segments[0].text
+
+
+def test_long_audio_is_decoded_in_windows(pipeline, caplog):
+    audio = np.concatenate([_clip("bursts", 22.0, seed=s) for s in range(3)])  # 66 s
+    with caplog.at_level("INFO", logger="tinymm.families.whisper"):
+        plain = pipeline.transcribe(audio, RATE, language="en")
+    assert plain.windows == 3 and plain.duration_s == pytest.approx(66.0)  # consecutive 30 s windows
+    assert "decoded in 3 windows" in caplog.text
+    stamped = pipeline.transcribe(audio, RATE, language="en", timestamps=True)
+    assert stamped.windows >= 3
+    _check_segments(stamped.segments, 66.0 + 30.0)
+    assert stamped.segments and stamped.segments[-1].end > 30.0  # later windows are offset by their seek
+
+
+def test_no_speech_probability_and_the_silence_rule(pipeline, monkeypatch):
+    silence = np.zeros(RATE * 2, dtype=np.float32)
+    result = pipeline.transcribe(silence, RATE, language="en")
+    assert 0.0 <= result.no_speech_prob <= 1.0 and "no_speech_prob" in result.to_dict()
+    decode = pipeline.decoder.decode
+
+    def silent(states, languages, options):  # the model says "no speech" and is unsure of its text
+        windows, times = decode(states, languages, options)
+        return [dataclasses.replace(w, no_speech_prob=0.95, sum_logprob=-2.0 * (len(w.tokens) + 1))
+                for w in windows], times
+
+    monkeypatch.setattr(pipeline.decoder, "decode", silent)
+    rejected = pipeline.transcribe(silence, RATE, language="en", timestamps=True)
+    assert rejected.text == "" and rejected.token_ids == () and rejected.segments == ()
+    assert rejected.no_speech_prob == pytest.approx(0.95) and rejected.windows == 1
+
+
+def test_command_parses_the_transcript(pipeline, monkeypatch):
+    decode = pipeline.decoder.decode
+    words = tuple(pipeline.tokenizer.encode(" Turn left."))
+
+    def saying(states, languages, options):
+        windows, times = decode(states, languages, options)
+        return [dataclasses.replace(w, tokens=words, sum_logprob=-0.1) for w in windows], times
+
+    monkeypatch.setattr(pipeline.decoder, "decode", saying)
+    result = pipeline.command(_clip("noise", 1.0), RATE, language="en")
+    assert result.text == "Turn left." and result.intent is not None
+    assert result.intent.to_dict()["action"] == "turn"
+
+
+def test_audio_context_clip_runs_the_encoder_on_fewer_frames(pipeline, monkeypatch):
+    shapes = []
+    run = pipeline.decoder.encoder.run
+
+    def recording(feeds, names=None):
+        shapes.append(next(iter(feeds.values())).shape)
+        return run(feeds, names)
+
+    monkeypatch.setattr(pipeline.decoder.encoder, "run", recording)
+    clip = _clip("noise", 3.0)
+    full = pipeline.transcribe(clip, RATE, language="en")
+    short = pipeline.transcribe(clip, RATE, language="en", audio_context="clip")
+    assert [s[2] for s in shapes] == [3000, 384]  # 300 frames of audio rounded up to 3 x 128
+    assert short.windows == full.windows == 1
+
+
+def test_bad_options_are_input_errors(pipeline):
+    clip = _clip("noise", 1.0)
+    with pytest.raises(InputError, match="not one of this checkpoint's languages"):
+        pipeline.transcribe(clip, RATE, language="xx")
+    with pytest.raises(InputError, match="task="):
+        pipeline.transcribe(clip, RATE, task="summarize")
+    with pytest.raises(InputError, match="beam_size="):
+        pipeline.transcribe(clip, RATE, beam_size=0)
+    with pytest.raises(InputError, match="empty list"):
+        pipeline.transcribe([], RATE)
+
+
+def _write_wav(path: Path, audio: np.ndarray) -> Path:
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def test_cli_transcribe_takes_whisper_flags_and_prints_segments(whisper, tmp_path, capsys):
+    from tinymm.cli import main
+
+    clip = _write_wav(tmp_path / "clip.wav", _clip("bursts", 4.0, seed=3))
+    code = main(["transcribe", str(clip), "--bundle", str(whisper.bundle), "--language", "de", "--timestamps",
+                 "--beam-size", "2", "--json"])
+    payload = json.loads(capsys.readouterr().out)
+    assert code == 0 and payload["ok"]
+    (item,) = payload["results"]
+    assert item["language"] == "de" and item["windows"] == 1 and "segments" in item and "no_speech_prob" in item
+    assert main(["transcribe", str(clip), "--bundle", str(whisper.bundle), "--timestamps"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert all(line.startswith("  [") and "->" in line for line in printed[1:])
+
+
+def test_cli_refuses_whisper_flags_for_a_ctc_bundle(tmp_path, capsys):
+    from tinymm.cli import main
+
+    clip = _write_wav(tmp_path / "clip.wav", _clip("noise", 1.0))
+    assert main(["transcribe", str(clip), "--language", "en"]) == 2  # the default speech bundle is CTC
+    assert "does not take --language: only Whisper bundles do" in capsys.readouterr().err
