@@ -16,7 +16,8 @@ Data path (``WhisperPipeline._transcribe`` holds it end to end)::
     -> (command) IntentParser over the transcript -> Intent or None
 
 Every clip of a list is decoded in the same rounds: each round batches the next window of every
-clip with audio left. The language of a clip is detected once, from its first window, as
+clip with audio left. A result's ``confidence`` is exp of the mean token log-probability over its
+decoded windows (``<|endoftext|>`` included), and its ``no_speech_prob`` is the first window's. The language of a clip is detected once, from its first window, as
 openai/whisper's ``transcribe`` does. Not done here: conditioning a window on the previous
 window's text (``<|startofprev|>``) and the temperature fallback.
 """
@@ -295,8 +296,8 @@ class WhisperPipeline:
         for start, end, piece in split.segments:
             text_tokens = [t for t in piece if t < tokens.eot]
             text = self.tokenizer.decode(text_tokens).strip()
-            clip.tokens.extend(text_tokens)
-            if start != end and text:  # whisper drops instantaneous and empty segments
+            if start != end and text:  # whisper clears instantaneous and empty segments
+                clip.tokens.extend(text_tokens)
                 clip.segments.append(Segment(offset_s + start, offset_s + end, text))
         clip.seek += max(1, split.advance_frames)
 
