@@ -2,6 +2,7 @@
 
     python -m export runs/vlm/distill/final --out bundles/scene-vlm --precision fp32,int8 --data runs/vlm
     python -m export runs/speech/student_kd/final --out bundles/speech --data runs/speech/data
+    python -m export hf ~/models/whisper-base-ct2 --out bundles/whisper-base --precision fp32,int8  (export/hf_cli.py)
 
 With ``--data`` holding a test split, each int8 component is gated on the task metrics of the
 whole model that it can change (vision-language: text encoder on zero-shot top-1, image encoder on
@@ -88,8 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+HF_SUBCOMMAND = "hf"  # python -m export hf SOURCE ...: a public checkpoint (export/hf_cli.py)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [HF_SUBCOMMAND]:
+        from export.hf_cli import main as hf_main
+
+        return hf_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=LOG_FORMAT)
     try:

@@ -135,7 +135,7 @@ def non_speech_tokens(tokenizer: Any) -> list[int]:
     def encode(text: str) -> list[int]:
         return tokenizer.encode(text, add_special_tokens=False).ids
 
-    result = {encode(" -")[0], encode(" '")[0]}
+    result = {ids[0] for ids in (encode(" -"), encode(" '")) if ids}
     for symbol in NON_SPEECH_SYMBOLS + list(MUSIC_SYMBOLS):
         for ids in (encode(symbol), encode(" " + symbol)):
             if ids and (len(ids) == 1 or symbol in MUSIC_SYMBOLS):
