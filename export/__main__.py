@@ -27,21 +27,12 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from export.cli_args import precision_list
 from tinymm.errors import EXIT_USAGE, TinymmError
 
 DEFAULT_MAX_DROP = 1.0  # metric points; the same as export.accuracy_gate.DEFAULT_MAX_DROP (checked by a test)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def _precisions(text: str) -> tuple[str, ...]:
-    from tinymm.bundle import PRECISIONS
-
-    values = tuple(p.strip() for p in text.split(",") if p.strip())
-    unknown = [p for p in values if p not in PRECISIONS]
-    if unknown or not values:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a comma-separated list of {', '.join(PRECISIONS)}")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("checkpoint", type=Path, help="checkpoint directory written by train.checkpoint")
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write (absent or empty)")
-    parser.add_argument("--precision", type=_precisions, default=("fp32",),
+    parser.add_argument("--precision", type=precision_list, default=("fp32",),
                         help="comma-separated precisions to ship: fp32 (always), fp16, int8 (default fp32)")
     parser.add_argument("--data", type=Path, default=None,
                         help="a written scene or speech dataset for real inputs (default: generated ones)")

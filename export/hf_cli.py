@@ -28,7 +28,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export.__main__ import _precisions
+    from export.cli_args import precision_list
 
     parser = argparse.ArgumentParser(
         prog="python -m export hf",
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verified tinymm bundle: ONNX components, parity with torch/transformers, golden pairs, fp16/int8 variants.")
     parser.add_argument("source", type=Path, help="checkpoint directory (e.g. a CTranslate2 whisper-base)")
     parser.add_argument("--out", type=Path, required=True, help="bundle directory to write (absent or empty)")
-    parser.add_argument("--precision", type=_precisions, default=("fp32",),
+    parser.add_argument("--precision", type=precision_list, default=("fp32",),
                         help="comma-separated precisions to ship: fp32 (always), fp16, int8 (default fp32)")
     parser.add_argument("--data", type=Path, default=None,
                         help="a folder of speech clips for golden pairs, int8 calibration and the int8 gate "
