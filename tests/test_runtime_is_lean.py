@@ -73,6 +73,6 @@ def test_runtime_dependencies_exclude_torch():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = [dep.split(">")[0].split("=")[0].split("[")[0].strip().lower() for dep in project["dependencies"]]
     assert "torch" not in runtime
-    assert set(runtime) == {"numpy", "onnxruntime", "opencv-python-headless", "sentencepiece", "soxr"}, (
+    assert set(runtime) == {"numpy", "onnxruntime", "opencv-python-headless", "sentencepiece", "soxr", "tokenizers"}, (
         "a new runtime dependency needs its reason in README.md 'Dependencies' and here"
     )
