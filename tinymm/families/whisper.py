@@ -43,7 +43,6 @@ from tinymm.decoding.whisper_task import (
     split_window,
 )
 from tinymm.errors import BundleError, InputError
-from tinymm.robot.intent import IntentParser
 from tinymm.pipelines.results import CommandResult, Segment, StageTimer, TranscriptResult
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
 from tinymm.preprocess.audio import AudioPreprocessor, frame_count
@@ -52,6 +51,7 @@ from tinymm.preprocess.tokenizer import Tokenizer
 if TYPE_CHECKING:
     from tinymm.bundle import Bundle
     from tinymm.pipelines.load_options import LoadOptions
+    from tinymm.robot.intent import IntentParser
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class WhisperPipeline:
             encoder=encoder, decoder_first=decoder_first, decoder_with_past=decoder_with_past, settings=self.settings,
             tokenizer=tokenizer, features_name=features_name, states_name=states_name, device_cache=device_cache,
         )
-        self.intent_parser = intent_parser if intent_parser is not None else IntentParser()
+        self._intent_parser = intent_parser  # None: the robot domain's, built on the first command()
         self.bundle: Bundle | None = None  # set by from_bundle; keeps an extracted archive alive
 
     def _check_audio(self, preprocessor: AudioPreprocessor) -> None:
@@ -172,6 +172,15 @@ class WhisperPipeline:
         )
         pipeline.bundle = bundle
         return pipeline
+
+    @property
+    def intent_parser(self) -> IntentParser:
+        """The parser of ``command``: the one given, else the robot domain's IntentParser (built on first use)."""
+        if self._intent_parser is None:
+            from tinymm.robot.intent import IntentParser
+
+            self._intent_parser = IntentParser()
+        return self._intent_parser
 
     @property
     def sample_rate(self) -> int:
