@@ -78,6 +78,20 @@ class _Clip:
     no_speech_prob: float | None = None  # the first window's
 
 
+def _check_decoder_roles(bundle: Bundle) -> None:
+    """BundleError when a decoder's manifest roles name other tensors than the ones the runtime feeds."""
+    for component, roles in DECODER_ROLES.items():
+        if component not in bundle.manifest.components:
+            continue
+        for role, tensor in roles.items():
+            declared = bundle.manifest.component(component).tensor(role, tensor)
+            if declared != tensor:
+                raise BundleError(
+                    f"bundle {bundle.name!r}: {component} role {role!r} is {declared!r}, but this tinymm feeds "
+                    f"{tensor!r} (the Whisper bundle contract); re-export the bundle"
+                )
+
+
 def _as_batch(audio: Any) -> tuple[list[Any], bool]:
     """(clips, whether one clip was given) of one clip or a list of them."""
     if isinstance(audio, (list, tuple)):
@@ -151,18 +165,9 @@ class WhisperPipeline:
         audio = manifest.preprocess.audio
         if audio is None:
             raise BundleError(f"bundle {bundle.name!r} has no preprocess.audio section; re-export it")
-        for component, roles in DECODER_ROLES.items():
-            if component in manifest.components:
-                for role, tensor in roles.items():
-                    declared = manifest.component(component).tensor(role, tensor)
-                    if declared != tensor:
-                        raise BundleError(
-                            f"bundle {bundle.name!r}: {component} role {role!r} is {declared!r}, but this tinymm "
-                            f"feeds {tensor!r} (the Whisper bundle contract); re-export the bundle"
-                        )
-        encoder = manifest.component(ENCODER) if ENCODER in manifest.components else None
+        _check_decoder_roles(bundle)
         sessions = open_sessions(bundle, (ENCODER, DECODER_FIRST), (DECODER_WITH_PAST,), options or LoadOptions())
-        with_past = sessions.get(DECODER_WITH_PAST)
+        encoder, with_past = manifest.component(ENCODER), sessions.get(DECODER_WITH_PAST)
         pipeline = cls(
             encoder=sessions[ENCODER], decoder_first=sessions[DECODER_FIRST], decoder_with_past=with_past,
             preprocessor=AudioPreprocessor(audio), tokenizer=bundle_tokenizer(bundle), model_info=manifest.model,
