@@ -99,7 +99,7 @@ def model_card(name: str, source: WhisperSource, files: Mapping[str, Mapping[str
         f"OpenAI Whisper ({cfg.encoder_layers}+{cfg.decoder_layers} layers, d_model {cfg.d_model}, "
         f"{'multilingual' if source.tokens.multilingual else 'English-only'}) as a tinymm bundle of family "
         "`speech`, architecture `whisper` (tasks: transcribe, command).", "",
-        f"- source: {source.kind} checkpoint `{source.directory}`, weights `{source.weights_path.name}` "
+        f"- source: {source.kind} checkpoint `{provenance['source']['path']}`, weights `{source.weights_path.name}` "
         f"({source.source_dtype}), sha256 `{source.weights_sha256}`",
         f"- licence: MIT, (c) 2022 OpenAI; the text is in `{LICENSE_FILE}`",
         f"- export: `{export['command']}` ({export['exporter']}, opset {export['opset']}, "

@@ -52,12 +52,6 @@ class Clips:
     names: tuple[str, ...]  # one per clip: a file name or the synthesized sentence
     source: str  # for the provenance
 
-    def head(self, count: int) -> "Clips":
-        return Clips(self.features[:count], self.names[:count], self.source)
-
-    def tail(self, start: int) -> "Clips":
-        return Clips(self.features[start:], self.names[start:], self.source)
-
     def __len__(self) -> int:
         return len(self.names)
 

@@ -96,11 +96,11 @@ class WhisperSource:
     directory: Path
     kind: str  # KIND_CT2 | KIND_HF
     model: Any = field(repr=False)  # transformers WhisperForConditionalGeneration, float32, eval mode
-    tokenizer_path: Path = Path()
-    tokens: WhisperTokens | None = None
-    weights_path: Path = Path()  # model.bin or model.safetensors: the file whose sha256 is recorded
-    weights_sha256: str = ""
-    source_dtype: str = "float32"  # dtype of the stored weights (CTranslate2's whisper-base: float16)
+    tokenizer_path: Path  # the checkpoint's tokenizer.json
+    tokens: WhisperTokens
+    weights_path: Path  # model.bin or model.safetensors: the file whose sha256 is recorded
+    weights_sha256: str
+    source_dtype: str  # dtype of the stored weights (CTranslate2's whisper-base: float16)
 
 
 def source_kind(directory: Path) -> str | None:

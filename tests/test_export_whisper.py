@@ -4,15 +4,15 @@ exported to a bundle that follows the Whisper contract, checked against torch an
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tiny-model helpers
 pytestmark = pytest.mark.requires_torch
 
+pytest.importorskip("torch", reason="the export tier needs torch (pip install 'tinymm[train]')")
+pytest.importorskip("onnx", reason="the export tier needs onnx (pip install 'tinymm[train]')")
 pytest.importorskip("transformers", reason="the Whisper export tests need transformers (the hf extra)")
 pytest.importorskip("tokenizers", reason="the Whisper export tests need the tokenizers wheel")
 

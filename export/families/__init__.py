@@ -38,6 +38,7 @@ class HFExportRequest:
     seed: int = 0  # of generated inputs
     max_metric_drop: float | None = None  # int8 gate threshold in metric points; None: the family's default
     eval_samples: int | None = None  # items the int8 gate evaluates; None: the family's default
+    source_label: str | None = None  # how the provenance and model card name the source; None: its path
 
     def __post_init__(self) -> None:
         for name in ("source", "out", "data_dir"):

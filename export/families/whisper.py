@@ -275,7 +275,7 @@ def _provenance(request: HFExportRequest, source: WhisperSource, clips: Clips, p
     from export.bundle_build import _json_safe
 
     return _json_safe({
-        "source": {"path": str(source.directory), "kind": source.kind, "weights": source.weights_path.name,
+        "source": {"path": request.source_label or str(source.directory), "kind": source.kind, "weights": source.weights_path.name,
                    "sha256": source.weights_sha256, "dtype": source.source_dtype,
                    "converter": "export/ctranslate2_whisper.py" if source.kind == KIND_CT2 else "transformers"},
         "export": {"command": request.command, "exporter": f"torch.onnx ({request.options.exporter})",
