@@ -299,6 +299,18 @@ def test_context_frames_round_the_clip_up():
     assert context_frames(2999, "clip", 3000) == 3000
 
 
+def test_context_frames_with_a_floor_and_bad_values():
+    from tinymm.decoding.whisper_task import context_frames
+
+    assert context_frames(160, "clip:10", 3000) == 1024  # 10 s = 1000 frames, rounded up to 8 x 128
+    assert context_frames(1500, "clip:10", 3000) == 1536  # longer than the floor: the clip's own
+    assert context_frames(160, "clip:30", 3000) == 3000
+    assert context_frames(160, "clip:0", 3000) == context_frames(160, "clip", 3000)
+    for bad in ("clip:x", "clip:-1", "clip:31", "half", "", None):
+        with pytest.raises(ValueError, match="audio_context"):
+            context_frames(160, bad, 3000)
+
+
 def test_a_window_is_silent_by_whispers_rule():
     from tinymm.decoding.whisper_task import TranscribeOptions, WindowResult
 

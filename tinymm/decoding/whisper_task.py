@@ -36,8 +36,12 @@ from tinymm.decoding.whisper_tokens import TASKS, WhisperTokens
 from tinymm.errors import BundleError
 from tinymm.preprocess.tokenizer import Tokenizer
 
-AUDIO_CONTEXTS = ("full", "clip")  # encoder input: every window's 3000 frames, or the audio's own, rounded up
+# Encoder input: every window's 3000 frames ("full"), or the audio's own, rounded up ("clip"); "clip:S"
+# is the audio's own but at least S seconds (Whisper was trained on 30 s windows and hallucinates on
+# very short contexts; the floor keeps enough of the padding it expects).
+AUDIO_CONTEXTS = ("full", "clip")
 AUDIO_CONTEXT_STEP_FRAMES = 128  # "clip" rounds the frames up to a multiple of this (1.28 s, 64 encoder positions)
+WINDOW_SECONDS = 30.0  # a Whisper window: window_frames feature frames
 NO_SPEECH_THRESHOLD = 0.6  # whisper: a window is silent when no_speech_prob is above this ...
 LOGPROB_THRESHOLD = -1.0  # ... and its average token log-probability is below this
 DEFAULT_FRAMES_PER_TOKEN = 2  # feature frames per encoder position (the encoder's stride-2 conv)
@@ -128,12 +132,25 @@ class TranscribeOptions:
             raise ValueError(f"no_speech_threshold={self.no_speech_threshold!r} must be a probability in [0, 1], or None")
         if self.logprob_threshold is not None and not math.isfinite(self.logprob_threshold):
             raise ValueError(f"logprob_threshold={self.logprob_threshold!r} must be a finite number, or None")
-        if self.audio_context not in AUDIO_CONTEXTS:
-            raise ValueError(f"audio_context={self.audio_context!r} is not one of {list(AUDIO_CONTEXTS)}")
+        check_audio_context(self.audio_context)
 
 
-@dataclass(frozen=True)
-class WindowResult:
+def check_audio_context(value: Any) -> float | None:
+    """The floor in seconds of an audio context ("full": None, "clip": 0, "clip:S": S); ValueError otherwise."""
+    if value == "full":
+        return None
+    if isinstance(value, str) and value.partition(":")[0] == "clip":
+        floor = value.partition(":")[2]
+        try:
+            seconds = float(floor) if floor else 0.0
+        except ValueError:
+            seconds = -1.0
+        if 0.0 <= seconds <= WINDOW_SECONDS:
+            return seconds
+    raise ValueError(
+        f"audio_context={value!r} is not 'full', 'clip' or 'clip:S' with S seconds in 0..{WINDOW_SECONDS:g} "
+        "(e.g. 'clip:10': the clip's own length, at least 10 s)"
+    )
     """The decoding of one 30 s window."""
 
     tokens: tuple[int, ...]  # generated ids, timestamps included, <|endoftext|> excluded
@@ -163,11 +180,14 @@ class DecodeTimes:
 
 
 def context_frames(content_frames: int, audio_context: str, window_frames: int) -> int:
-    """Feature frames the encoder runs on: the whole window ("full"), or the audio's frames rounded up
-    to AUDIO_CONTEXT_STEP_FRAMES ("clip", whisper.cpp's audio_ctx), at most the window."""
-    if audio_context == "full":
+    """Feature frames the encoder runs on: the whole window ("full"), or the audio's frames (at least
+    the floor of "clip:S") rounded up to AUDIO_CONTEXT_STEP_FRAMES ("clip", whisper.cpp's audio_ctx),
+    at most the window."""
+    floor_s = check_audio_context(audio_context)
+    if floor_s is None:
         return window_frames
-    steps = max(1, math.ceil(content_frames / AUDIO_CONTEXT_STEP_FRAMES))
+    floor_frames = math.ceil(floor_s * window_frames / WINDOW_SECONDS)
+    steps = max(1, math.ceil(max(content_frames, floor_frames) / AUDIO_CONTEXT_STEP_FRAMES))
     return min(window_frames, steps * AUDIO_CONTEXT_STEP_FRAMES)
 
 

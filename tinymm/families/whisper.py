@@ -34,7 +34,7 @@ import numpy as np
 from tinymm.backends.base import GPU_PROVIDERS, Session
 from tinymm.decoding.inference import ENCODER_STATES_LAYOUT, check_decoder_layout, count_layers
 from tinymm.decoding.whisper_task import (
-    AUDIO_CONTEXTS,
+    check_audio_context,
     TranscribeOptions,
     WhisperDecoder,
     WhisperSettings,
@@ -134,8 +134,7 @@ class WhisperPipeline:
         check_decoder_layout(decoder_first, decoder_with_past, num_layers, ENCODER_STATES_LAYOUT)
         self.settings = WhisperSettings.from_model_info(model_info, tokenizer, num_layers)
         self._check_audio(preprocessor)
-        if audio_context not in AUDIO_CONTEXTS:
-            raise ValueError(f"audio_context={audio_context!r} is not one of {list(AUDIO_CONTEXTS)}")
+        check_audio_context(audio_context)
         self.preprocessor, self.tokenizer, self.name, self.audio_context = preprocessor, tokenizer, name, audio_context
         self.decoder = WhisperDecoder(
             encoder=encoder, decoder_first=decoder_first, decoder_with_past=decoder_with_past, settings=self.settings,
@@ -210,7 +209,7 @@ class WhisperPipeline:
             task: "transcribe", or "translate" (to English; multilingual checkpoints).
             timestamps: decode timestamps and return ``segments``.
             beam_size: 1 for greedy search, more for beam search.
-            audio_context: "full" or "clip" (see the module docstring); None: the pipeline's.
+            audio_context: "full", "clip" or "clip:S" (at least S seconds; see the module docstring); None: the pipeline's.
 
         Returns:
             A TranscriptResult (with language, no_speech_prob, windows and, with timestamps,
