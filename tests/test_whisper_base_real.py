@@ -12,7 +12,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ pytestmark = pytest.mark.requires_torch
 GATE_CLIPS = 12  # int8 gate clips (the script default is 24): half the gate's time
 CACHE_ENV = "TINYMM_TEST_CACHE"
 DEFAULT_CACHE = Path("~/.cache/tinymm-tests")
+CACHE_PREFIX = "whisper-base-"  # cache entries: whisper-base-<model.bin sha256>-<exporter digest>[.summary.json]
 EXPORTER_FILES = ("export/ctranslate2_whisper.py", "export/whisper_source.py", "export/whisper_onnx.py",
                   "export/whisper_parity.py", "export/whisper_gate.py", "export/whisper_clips.py",
                   "export/whisper_card.py", "export/families/whisper.py", "scripts/make_whisper_bundle.py")
@@ -60,8 +61,10 @@ def script():
 def bundle_dir(script) -> Path:
     code = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in EXPORTER_FILES)).hexdigest()[:12]
     cache = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE).expanduser()
-    out = cache / f"whisper-base-{script.MODEL_BIN_SHA256[:16]}-{code}"
+    out = cache / f"{CACHE_PREFIX}{script.MODEL_BIN_SHA256[:16]}-{code}"
     if not (out / "manifest.json").is_file():
+        for stale in cache.glob(f"{CACHE_PREFIX}*"):  # bundles of older exporter code or weights
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         summary = script.build(out, ("fp32", "int8"), force=True, progress=False, eval_samples=GATE_CLIPS,
                                command="tests/test_whisper_base_real.py")
         (cache / f"{out.name}.summary.json").write_text(json.dumps(summary, indent=2))
@@ -101,6 +104,8 @@ def test_bundle_is_whisper_base_with_int8(bundle_dir: Path, script) -> None:
     manifest = read_bundle(bundle_dir, verify_checksums=True).manifest
     assert manifest.architecture == "whisper" and manifest.provenance["source"]["sha256"] == script.MODEL_BIN_SHA256
     assert manifest.model["num_layers"] == 6 and manifest.model["d_model"] == 512 and manifest.model["vocab_size"] == 51865
+    assert len(manifest.model["languages"]) == 99 and manifest.model["languages"]["en"] == 50259
+    assert manifest.preprocess.text.special_tokens["<|nospeech|>"] == manifest.model["no_speech_id"] == 50362
     assert "int8" in manifest.components["decoder_with_past"].variants  # the decoder steps pass the gate
     assert all(row["passed"] for row in script.verify(bundle_dir))
 
