@@ -58,3 +58,5 @@ def _no_user_bundles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     """Bundle names resolve against the shipped bundles and an empty user bundle directory, never
     the bundles of the user running the tests (tinymm.bundle.names.user_bundle_dir)."""
     monkeypatch.setenv("TINYMM_BUNDLE_DIR", str(tmp_path_factory.getbasetemp() / "no-user-bundles"))
+    # Archives are extracted into the user cache (tinymm.bundle.extract_cache): a per-run one here.
+    monkeypatch.setenv("TINYMM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "user-cache"))

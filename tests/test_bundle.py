@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -90,13 +89,17 @@ def test_skipping_checksums_still_checks_sizes_and_verify_hashes(tiny_bundle: Pa
         read_bundle(tiny_bundle, verify_checksums=False)
 
 
-def test_unlisted_extra_files_are_reported_not_trusted(tiny_bundle: Path, caplog: pytest.LogCaptureFixture) -> None:
-    (tiny_bundle / "notes.txt").write_text("left here by hand")
-    with caplog.at_level(logging.WARNING, logger="tinymm.bundle"):
-        report = verify_bundle(read_bundle(tiny_bundle))
-    assert report.extra_files == ("notes.txt",)
-    assert "notes.txt" in caplog.text
-    assert report.files_checked == 5 and report.models_checked == 1
+def test_an_unlisted_file_in_the_bundle_is_refused(tiny_bundle: Path) -> None:
+    bundle = read_bundle(tiny_bundle)
+    (tiny_bundle / "golden" / "notes.txt").parent.mkdir(exist_ok=True)
+    (tiny_bundle / "golden" / "notes.txt").write_text("left here by hand")
+    with pytest.raises(UnlistedFileError, match=r"1 file\(s\) not listed in manifest.json: 'golden/notes.txt'") as e:
+        read_bundle(tiny_bundle, verify_checksums=False)
+    assert e.value.kind == "file_unlisted" and e.value.exit_code == 4
+    with pytest.raises(UnlistedFileError):  # added after the bundle was read
+        verify_bundle(bundle)
+    (tiny_bundle / "golden" / "notes.txt").unlink()
+    assert verify_bundle(read_bundle(tiny_bundle)).files_checked == 5
 
 
 def test_writer_refuses_a_non_empty_directory_unless_overwrite(tmp_path: Path) -> None:

@@ -191,13 +191,13 @@ def test_scan_rejects_external_tensor_without_location() -> None:
 
 
 @pytest.mark.parametrize("suffix", [".tar", ".tar.gz", ".tgz"])
-def test_packed_bundle_reads_back_and_cleans_up(tiny_bundle: Path, tmp_path: Path, suffix: str) -> None:
+def test_packed_bundle_reads_back(tiny_bundle: Path, tmp_path: Path, suffix: str) -> None:
     archive = pack_bundle(tiny_bundle, tmp_path / f"tiny{suffix}")
     with read_bundle(archive) as bundle:
         root = bundle.root
         assert bundle.manifest == read_bundle(tiny_bundle).manifest
         assert (root / MODEL).is_file()
-    assert not root.exists()
+    assert root.is_dir() and read_bundle(archive).root == root  # extracted once, into the cache, and reused
 
 
 def test_archive_extracts_into_a_given_directory_only_if_empty(tiny_bundle: Path, tmp_path: Path) -> None:

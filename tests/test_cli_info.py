@@ -12,6 +12,7 @@ import pytest
 import tinymm.bundle
 from test_bundle_fixtures import BREAKAGES, MODEL, tiny_bundle  # noqa: F401  (tiny_bundle is a fixture)
 from tinymm import __version__
+from tinymm.bundle.extract_cache import extract_cache_dir
 from tinymm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +56,14 @@ def test_info_json(tiny_bundle: Path, capsys) -> None:
     assert result["total_bytes"] == sum(f["bytes"] for f in result["manifest"]["files"].values())
 
 
-def test_info_reads_an_archive_and_removes_its_temporary_copy(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
+def test_info_reads_an_archive_through_the_extraction_cache(tiny_bundle: Path, tmp_path: Path, capsys) -> None:
     archive = tinymm.bundle.pack_bundle(tiny_bundle, tmp_path / "tiny.tar.gz")
     code, out, _ = _run(capsys, "info", str(archive), "--json")
     assert code == 0
     root = Path(json.loads(out)["root"])
-    assert root.name == "tiny" and not root.exists()
+    assert root.name == "tiny" and root.parent.parent == extract_cache_dir()
+    code, out, _ = _run(capsys, "info", str(archive), "--json")
+    assert code == 0 and Path(json.loads(out)["root"]) == root
 
 
 def test_no_verify_skips_hashing(tiny_bundle: Path, capsys) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.load_options import DEFAULT_MAX_BATCH
+from tinymm.user_cache import user_cache_root
 
 if TYPE_CHECKING:  # the backends import numpy: loaded when a bundle is, not for `tinymm --help`
     from tinymm.backends.base import BackendOptions, InputProfile
@@ -32,11 +32,6 @@ if TYPE_CHECKING:  # the backends import numpy: loaded when a bundle is, not for
 
 logger = logging.getLogger(__name__)
 
-# Where TensorRT engines are cached: the first of these environment variables that is set.
-CACHE_DIR_ENV = "TINYMM_CACHE_DIR"  # the cache root itself
-XDG_CACHE_ENV = "XDG_CACHE_HOME"  # the user's cache directory; the root is a "tinymm" folder in it
-CACHE_APP_DIRNAME = "tinymm"
-FALLBACK_CACHE_DIR = Path("~") / ".cache"  # the user's cache directory when XDG_CACHE_HOME is not set
 BUNDLE_HASH_HEX_CHARS = 12  # of the manifest's sha256, in a bundle's cache directory name
 DYNAMIC_DIMS_KEY = "dynamic_dims"  # manifest model key: dynamic dimension name -> largest size
 CONTEXT_DIMS = ("seq", "past")  # bundles without dynamic_dims: the dimensions bounded by the decoder context
@@ -45,16 +40,10 @@ CONTEXT_DIMS = ("seq", "past")  # bundles without dynamic_dims: the dimensions b
 def engine_cache_root(environ: Mapping[str, str] | None = None) -> Path:
     """The default root of the TensorRT engine caches (nothing is created).
 
-    ``$TINYMM_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/tinymm`` when that is an absolute path
-    (the XDG spec ignores relative ones), else ``~/.cache/tinymm``. environ: default os.environ.
+    The user's tinymm cache root (tinymm.user_cache): ``$TINYMM_CACHE_DIR`` when set, else
+    ``$XDG_CACHE_HOME/tinymm`` when that is an absolute path, else ``~/.cache/tinymm``.
     """
-    env = os.environ if environ is None else environ
-    explicit = env.get(CACHE_DIR_ENV, "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = env.get(XDG_CACHE_ENV, "").strip()
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else FALLBACK_CACHE_DIR.expanduser()
-    return base / CACHE_APP_DIRNAME
+    return user_cache_root(environ)
 
 
 def bundle_cache_dirname(manifest: Manifest) -> str:

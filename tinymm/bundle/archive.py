@@ -3,7 +3,10 @@
 Every member is checked before anything is written: its name must be a safe relative path
 (no absolute paths, no ``..``, no backslashes), it must be a regular file or a directory (links
 of any kind, devices and FIFOs are refused: a bundle needs none), and the archive must stay
-under MAX_ARCHIVE_MEMBERS members and MAX_ARCHIVE_BYTES bytes unpacked. Where Python provides
+under MAX_ARCHIVE_MEMBERS members and MAX_ARCHIVE_BYTES bytes unpacked. The manifest member is
+then read (and parsed) first, and every other file member must be a file the manifest lists, with
+the size it declares: extraction writes at most the bytes the manifest declares, and an archive
+with an unlisted or resized member is refused before anything is written. Where Python provides
 it, extraction also runs through tarfile's "data" filter.
 """
 
@@ -13,8 +16,17 @@ import logging
 import tarfile
 from pathlib import Path
 
-from tinymm.bundle.constants import MANIFEST_NAME
-from tinymm.bundle.errors import ArchiveError, FieldTypeError, OutputExistsError, UnsafeArchiveError, UnsafePathError
+from tinymm.bundle.constants import MANIFEST_NAME, MAX_MANIFEST_BYTES
+from tinymm.bundle.errors import (
+    ArchiveError,
+    ChecksumMismatchError,
+    FieldTypeError,
+    OutputExistsError,
+    UnlistedFileError,
+    UnsafeArchiveError,
+    UnsafePathError,
+)
+from tinymm.bundle.parse import parse_manifest_bytes
 from tinymm.bundle.paths import check_relative_path
 
 logger = logging.getLogger(__name__)
@@ -73,16 +85,54 @@ def _checked_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInf
     return members
 
 
-def _bundle_root(dest: Path, archive: Path) -> Path:
+def _no_bundle(archive: Path) -> ArchiveError:
+    return ArchiveError(
+        f"{archive}: no {MANIFEST_NAME} at the top level or in a single top-level directory; "
+        "this archive does not hold a tinymm bundle"
+    )
+
+
+def _check_against_manifest(tar: tarfile.TarFile, members: list[tarfile.TarInfo], archive: Path) -> None:
+    """Read the manifest member first; every other file member must be listed there, with its size."""
+    names = {_member_name(member, archive): member for member in members}
+    tops = {name.split("/", 1)[0] for name in names if name is not None}
+    prefix = ""
+    if MANIFEST_NAME not in names:
+        top = next(iter(tops)) if len(tops) == 1 else None
+        if top is None or f"{top}/{MANIFEST_NAME}" not in names:
+            raise _no_bundle(archive)
+        prefix = f"{top}/"
+    manifest_member = names[prefix + MANIFEST_NAME]
+    if not manifest_member.isfile():
+        raise _no_bundle(archive)
+    handle = tar.extractfile(manifest_member)
+    data = b"" if handle is None else handle.read(MAX_MANIFEST_BYTES + 1)
+    manifest = parse_manifest_bytes(data, f"{archive}: {manifest_member.name}")
+    for name, member in names.items():
+        if name is None or not member.isfile() or member is manifest_member:
+            continue
+        relative = name[len(prefix):] if name.startswith(prefix) else name
+        entry = manifest.files.get(relative)
+        if entry is None:
+            raise UnlistedFileError(
+                f"{archive}: member {member.name!r} is not a file its manifest lists; refusing to extract it "
+                "(pack bundles with tinymm.bundle.pack_bundle, which packs the listed files only)"
+            )
+        if member.size != entry.size:
+            raise ChecksumMismatchError(
+                f"{archive}: member {member.name!r} holds {member.size} bytes but the manifest lists "
+                f"{entry.size}; refusing to extract it: the archive is corrupt or was edited, pack it again"
+            )
+
+
+def bundle_root(dest: Path, archive: Path) -> Path:
+    """The directory holding manifest.json in extraction ``dest``: itself or its single subdirectory."""
     if (dest / MANIFEST_NAME).is_file():
         return dest
     entries = list(dest.iterdir())
     if len(entries) == 1 and entries[0].is_dir() and (entries[0] / MANIFEST_NAME).is_file():
         return entries[0]
-    raise ArchiveError(
-        f"{archive}: no {MANIFEST_NAME} at the top level or in a single top-level directory; "
-        "this archive does not hold a tinymm bundle"
-    )
+    raise _no_bundle(archive)
 
 
 def extract_archive(archive: Path, dest: Path) -> Path:
@@ -96,6 +146,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = _checked_members(tar, archive)
+            _check_against_manifest(tar, members, archive)
             dest.mkdir(parents=True, exist_ok=True)
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=members, filter="data")
@@ -108,4 +159,4 @@ def extract_archive(archive: Path, dest: Path) -> Path:
             f"{archive}: not a readable tar archive ({e}); pack bundles with tinymm.bundle.pack_bundle"
         ) from e
     logger.debug("extracted %s into %s", archive, dest)
-    return _bundle_root(dest, archive)
+    return bundle_root(dest, archive)

@@ -108,7 +108,8 @@ class MissingFileError(BundleError):
 
 
 class UnlistedFileError(BundleError):
-    """A file is referenced (variant, golden, tokenizer, ONNX external data) but not in ``files``."""
+    """A file is referenced (variant, golden, tokenizer, ONNX external data), or present in the bundle
+    directory or archive, but not in ``files``: reading refuses it."""
 
     kind = "file_unlisted"
 

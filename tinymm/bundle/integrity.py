@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import posixpath
 from pathlib import Path
 from typing import Mapping
 
+from tinymm.bundle.constants import MANIFEST_NAME
 from tinymm.bundle.errors import (
     ChecksumMismatchError,
     MissingFileError,
@@ -22,6 +24,7 @@ from tinymm.hashing import sha256_file
 logger = logging.getLogger(__name__)
 
 SHA256_SHOWN_CHARS = 12  # hex digits of a checksum shown in error messages
+UNLISTED_SHOWN = 5  # unlisted files named in an error message
 
 
 def check_file(root: Path, name: str, entry: FileEntry, *, verify_checksum: bool) -> Path:
@@ -54,6 +57,29 @@ def check_files(root: Path, manifest: Manifest, *, verify_checksums: bool) -> No
         check_file(root, name, entry, verify_checksum=verify_checksums)
     if verify_checksums:
         logger.debug("%s: %d files match their sha256", root, len(manifest.files))
+
+
+def unlisted_files(root: Path, manifest: Manifest) -> tuple[str, ...]:
+    """Bundle-relative POSIX paths of the files under ``root`` that are neither manifest.json nor listed."""
+    extra = []
+    for directory, _dirs, names in os.walk(root):
+        for file_name in names:
+            rel = os.path.relpath(os.path.join(directory, file_name), root).replace(os.sep, "/")
+            if rel != MANIFEST_NAME and rel not in manifest.files:
+                extra.append(rel)
+    return tuple(sorted(extra))
+
+
+def check_no_unlisted_files(root: Path, manifest: Manifest) -> None:
+    """Refuse a bundle directory holding files its manifest does not list (UnlistedFileError)."""
+    extra = unlisted_files(root, manifest)
+    if extra:
+        shown = ", ".join(repr(name) for name in extra[:UNLISTED_SHOWN])
+        more = f" and {len(extra) - UNLISTED_SHOWN} more" if len(extra) > UNLISTED_SHOWN else ""
+        raise UnlistedFileError(
+            f"{root}: {len(extra)} file(s) not listed in manifest.json: {shown}{more}; a bundle holds only the files "
+            "its manifest lists (with their sha256): remove them, or rebuild the bundle with BundleWriter"
+        )
 
 
 def scan_model(root: Path, name: str) -> OnnxSummary:

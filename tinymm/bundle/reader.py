@@ -5,7 +5,8 @@ a missing path; a directory without manifest.json; a manifest that is too large,
 object, of another format or an unknown or newer version, or has a missing, mistyped or invalid
 field or preprocess section; a path that escapes the bundle; a referenced file that is not listed
 in ``files``; a listed file that is missing, or whose size (always) or sha256 (unless
-``verify_checksums=False``) differs; an ONNX component that cannot be parsed, or whose external
+``verify_checksums=False``) differs; a file in the directory that ``files`` does not list
+(kind ``file_unlisted``); an ONNX component that cannot be parsed, or whose external
 data is unsafe, missing or unlisted.
 """
 
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import weakref
 from pathlib import Path
 from types import TracebackType
@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING
 from tinymm.bundle.archive import ARCHIVE_SUFFIXES, extract_archive, is_archive_name
 from tinymm.bundle.constants import MANIFEST_NAME, MAX_MANIFEST_BYTES, PRECISIONS
 from tinymm.bundle.errors import BundleNotFoundError, ManifestMissingError, ManifestTooLargeError, NotInBundleError
+from tinymm.bundle.extract_cache import extract_cached
 from tinymm.bundle.golden import load_npz
-from tinymm.bundle.integrity import check_files, check_model, check_models
+from tinymm.bundle.integrity import check_files, check_model, check_models, check_no_unlisted_files
 from tinymm.bundle.manifest import Component, GoldenPair, Manifest
 from tinymm.bundle.parse import parse_manifest_bytes
 from tinymm.bundle.paths import resolve_inside
@@ -37,7 +38,7 @@ logger = logging.getLogger(__name__)
 class Bundle:
     """A validated bundle on disk: its root directory and its manifest.
 
-    A bundle read from an archive into a temporary directory owns that directory: ``close()``
+    A bundle given a ``temporary_dir`` owns that directory: ``close()``
     (or leaving a ``with`` block, or garbage collection) removes it.
     """
 
@@ -147,6 +148,7 @@ def _read_directory(root: Path, *, verify_checksums: bool, scan_models: bool,
     check_files(root, manifest, verify_checksums=verify_checksums)
     if scan_models:
         check_models(root, manifest)
+    check_no_unlisted_files(root, manifest)  # after the scan, whose messages about external data say more
     hashed = "verified" if verify_checksums else "skipped"
     logger.debug("read bundle %r from %s (checksums %s)", manifest.name, root, hashed)
     return Bundle(root, manifest, temporary_dir=temporary_dir)
@@ -157,8 +159,7 @@ def read_bundle(path: str | Path, *, verify_checksums: bool = True, scan_models:
     """Read and validate the bundle at ``path``: a directory, or a .tar/.tar.gz/.tgz archive of one.
 
     An archive is extracted (safely: see archive.py) into ``extract_to`` (absent or empty), or
-    else into a temporary directory owned by the returned Bundle (use it in a ``with`` block, or
-    call ``close()``). ``verify_checksums=False`` skips hashing (sizes are still compared);
+    else once into the user's cache, keyed by the archive's content, and reused (extract_cache.py). ``verify_checksums=False`` skips hashing (sizes are still compared);
     ``verify_bundle`` hashes later. ``scan_models=False`` defers the ONNX scan (external data kept
     inside the bundle) to ``Bundle.checked_component_path``, so that a loader scans only the variants
     it opens: the pure-Python scan is the slowest part of reading a bundle.
@@ -183,11 +184,5 @@ def read_bundle(path: str | Path, *, verify_checksums: bool = True, scan_models:
     if extract_to is not None:
         root = extract_archive(path, Path(extract_to))
         return _read_directory(root, verify_checksums=verify_checksums, scan_models=scan_models)
-    temporary_dir = Path(tempfile.mkdtemp(prefix="tinymm-bundle-"))
-    try:
-        root = extract_archive(path, temporary_dir)
-        return _read_directory(root, verify_checksums=verify_checksums, scan_models=scan_models,
-                               temporary_dir=temporary_dir)
-    except BaseException:
-        shutil.rmtree(temporary_dir, ignore_errors=True)
-        raise
+    root = extract_cached(path)
+    return _read_directory(root, verify_checksums=verify_checksums, scan_models=scan_models)

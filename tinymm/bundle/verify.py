@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tinymm.bundle.constants import MANIFEST_NAME
 from tinymm.bundle.errors import InterfaceMismatchError
 from tinymm.bundle.golden import check_arrays, load_npz
-from tinymm.bundle.integrity import check_external_data, check_files, check_models
+from tinymm.bundle.integrity import check_external_data, check_files, check_models, check_no_unlisted_files
 from tinymm.bundle.manifest import Component
 from tinymm.bundle.onnx_scan import OnnxSummary
 from tinymm.bundle.reader import Bundle
@@ -27,7 +25,6 @@ class VerifyReport:
     models_checked: int  # ONNX files whose inputs, outputs and external data match the manifest
     golden_checked: int  # golden pairs whose arrays match their component's specs
     external_data: tuple[str, ...]  # external data files the models read
-    extra_files: tuple[str, ...]  # files in the bundle directory the manifest does not list (unused)
 
 
 def _check_interface(root: Path, file: str, name: str, component: Component, summary: OnnxSummary) -> None:
@@ -42,16 +39,6 @@ def _check_interface(root: Path, file: str, name: str, component: Component, sum
             f"match component {name!r} in manifest.json (inputs {expected_inputs}, outputs {expected_outputs}); "
             "re-export the component or fix the manifest"
         )
-
-
-def _extra_files(bundle: Bundle) -> tuple[str, ...]:
-    extra = []
-    for directory, _dirs, names in os.walk(bundle.root):
-        for file_name in names:
-            rel = os.path.relpath(os.path.join(directory, file_name), bundle.root).replace(os.sep, "/")
-            if rel != MANIFEST_NAME and rel not in bundle.manifest.files:
-                extra.append(rel)
-    return tuple(sorted(extra))
 
 
 def verify_bundle(bundle: Bundle) -> VerifyReport:
@@ -73,16 +60,11 @@ def verify_bundle(bundle: Bundle) -> VerifyReport:
         for file, specs in ((pair.inputs, component.inputs), (pair.outputs, component.outputs)):
             what = f"{bundle.root}: golden file {file!r} of component {pair.component!r}"
             check_arrays(load_npz(bundle.file_path(file), what), specs, what)
-    extra = _extra_files(bundle)
-    if extra:
-        logger.warning(
-            "%s: %d file(s) not listed in the manifest (ignored): %s", bundle.root, len(extra), ", ".join(extra)
-        )
+    check_no_unlisted_files(bundle.root, manifest)  # added since the bundle was read
     return VerifyReport(
         files_checked=len(manifest.files),
         bytes_checked=manifest.total_bytes,
         models_checked=len(summaries),
         golden_checked=len(manifest.golden),
         external_data=tuple(dict.fromkeys(external)),
-        extra_files=extra,
     )

@@ -148,8 +148,6 @@ def render_text(bundle: "Bundle", report: "VerifyReport | None") -> str:
         lines.append("checksums: not verified (--no-verify); sizes match")
     else:
         lines.append(f"checksums: {report.files_checked} files OK")
-        if report.extra_files:
-            lines.append(f"unlisted files (ignored): {', '.join(report.extra_files)}")
     return "\n".join(lines) + "\n"
 
 
@@ -168,7 +166,6 @@ def describe_json(bundle: "Bundle", report: "VerifyReport | None") -> dict[str, 
         },
         "models_checked": report.models_checked if report is not None else 0,
         "golden_checked": report.golden_checked if report is not None else 0,
-        "extra_files": list(report.extra_files) if report is not None else [],
     }
 
 
