@@ -164,7 +164,7 @@ def test_ask(files, capsys):
     code, payload = _json(capsys, "ask", str(files["image"]), "--question", "is there a square", "--bundle", str(files["vlm"]))
     assert code == EXIT_OK and payload["question"] == "is there a square"
     code, _, err = _run(capsys, "ask", str(files["image"]), "--bundle", str(files["vlm"]))
-    assert code == EXIT_BAD_INPUT and "--audio" in err
+    assert code == EXIT_USAGE and "--audio" in err
 
 
 def test_ask_with_a_spoken_question(files, capsys):
@@ -252,7 +252,7 @@ def test_watch_errors(files, capsys):
     code, _, _ = _run(capsys, "watch", str(files["video"]), "--every-n-frames", "2", "--every-s", "1")
     assert code == EXIT_USAGE
     code, _, err = _run(capsys, "watch", str(files["video"]), "--bundle", str(files["vlm"]), "--task", "ask")
-    assert code == EXIT_BAD_INPUT and "--question" in err
+    assert code == EXIT_USAGE and "--question" in err
 
 
 def test_listen(files, capsys, monkeypatch):

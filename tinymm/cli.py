@@ -9,7 +9,10 @@ into exit codes:
   error's ``exit_code`` (2 usage, 3 bad input, 4 bundle, 5 backend); with ``--json`` stdout also
   gets ``{"ok": false, "error": {"kind": ..., "message": ...}}``;
 - any other exception prints its type, its message and a hint to rerun with ``-v`` for the
-  traceback, and exits with 1.
+  traceback, and exits with 1;
+- a closed stdout pipe (``tinymm listen x.wav | head -1``) ends the run quietly with 0.
+
+Warnings are logged as one line each; OpenCV's and FFmpeg's own messages are silenced below ``-vv``.
 
 Subcommand modules import heavy packages inside ``run()`` so that ``tinymm --help`` stays fast.
 """
@@ -21,8 +24,10 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import sys
 import traceback
+import warnings
 from typing import Any, Iterator, Sequence
 
 from tinymm import __version__
@@ -45,6 +50,9 @@ EXIT_UNEXPECTED = 1  # an exception that is not a TinymmError: a bug, or an unfo
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
 LOG_LEVELS = (logging.WARNING, logging.INFO, logging.DEBUG)  # by number of -v flags
 LOG_FORMAT = "tinymm: %(levelname)s: %(name)s: %(message)s"
+# OpenCV's own log and FFmpeg's (through OpenCV) write to stderr directly; below -vv they stay quiet
+# (tinymm reports what failed in its own one line). Set before cv2 is imported; a user's value wins.
+QUIET_OPENCV_ENV = {"OPENCV_LOG_LEVEL": "SILENT", "OPENCV_FFMPEG_LOGLEVEL": "-8"}  # -8: AV_LOG_QUIET
 
 
 class _UsageError(Exception):
@@ -94,12 +102,20 @@ def _log_to_stderr(verbosity: int) -> Iterator[None]:
     logger = logging.getLogger("tinymm")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    old_level = logger.level
+    old_level, old_showwarning = logger.level, warnings.showwarning
     logger.addHandler(handler)
     logger.setLevel(LOG_LEVELS[min(verbosity, len(LOG_LEVELS) - 1)])
+
+    def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                          file: Any = None, line: str | None = None) -> None:
+        # Python's form is two lines (the message, then the source line that warned): one here.
+        logging.getLogger("tinymm.warnings").warning("%s: %s", category.__name__, _one_line(str(message)))
+
+    warnings.showwarning = _one_line_warning
     try:
         yield
     finally:
+        warnings.showwarning = old_showwarning
         logger.removeHandler(handler)
         logger.setLevel(old_level)
 
@@ -123,6 +139,16 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         return e.code if isinstance(e.code, int) else EXIT_OK
 
 
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that flushing it at exit does not fail on the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout is not a file descriptor (e.g. captured in tests)
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``tinymm`` with ``argv`` (default: the process arguments); return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -131,6 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return parsed
     args = parsed
     as_json = bool(getattr(args, "json", False))
+    if args.verbose < 2:
+        for name, value in QUIET_OPENCV_ENV.items():
+            os.environ.setdefault(name, value)
     with _log_to_stderr(args.verbose):
         try:
             return int(args.run(args))
@@ -142,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             _report_error("interrupted", "interrupted", as_json=as_json)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:  # the reader went away (`tinymm listen x.wav | head -1`): a normal end
+            _silence_stdout()
+            return EXIT_OK
         except Exception as e:  # noqa: BLE001 - the last line of defence: one line, not a traceback
             if args.verbose:
                 traceback.print_exc(file=sys.stderr)

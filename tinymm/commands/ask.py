@@ -7,8 +7,10 @@ intent parser turns it into the grammar's question, and the vision-language bund
 Speech that is not a question prints what was heard and no answer (exit 0).
 
 Prints the answer; ``--json`` prints ``{"ok": true, "bundle": ..., "input": ..., "question":
-..., "answer": ..., "confidence": ..., "timings": {...}}`` (spoken: also ``transcript`` and
-``intent``, and timings per pipeline). A corrupt image or empty audio exits 3, a missing bundle 4.
+..., "answer": ..., "confidence": ..., "truncated": ..., "timings": {...}}`` (spoken: also
+``transcript`` and ``intent``, and timings per pipeline); ``truncated`` is true when the question
+was cut to fit the prompt budget (also logged). No question, or two, exits 2; a corrupt image or
+empty audio 3, a missing bundle 4.
 """
 
 from __future__ import annotations
@@ -39,17 +41,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from tinymm.decoding.options import DecodingOptions
-    from tinymm.errors import InputError
+    from tinymm.errors import UsageError
     from tinymm.pipelines.load_options import LoadOptions
     from tinymm.pipelines.loading import load_with
 
     if args.question is not None and args.question_flag is not None:
-        raise InputError("give the question once: as QUESTION or as --question, not both")
+        raise UsageError("give the question once: as QUESTION or as --question, not both")
     args.question = args.question if args.question is not None else args.question_flag
     if (args.question is None) == (args.audio is None):
-        raise InputError("give the question either as text (tinymm ask IMAGE 'what color is the star?') or as --audio CLIP")
+        raise UsageError("give the question either as text (tinymm ask IMAGE 'what color is the star?') or as --audio CLIP")
     if args.image == "-" and args.audio == "-":
-        raise InputError("the image and the audio cannot both come from stdin; give one of them as a file")
+        raise UsageError("the image and the audio cannot both come from stdin; give one of them as a file")
     image = sys.stdin.buffer.read() if args.image == "-" else args.image
     options, decoding = LoadOptions.from_args(args), DecodingOptions.from_args(args)
     vlm = load_with(args.bundle, options, family="vision-language")

@@ -70,13 +70,13 @@ def _summary(task: str, result: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     from tinymm.commands.classify import read_labels
     from tinymm.decoding.options import DecodingOptions
-    from tinymm.errors import InputError
+    from tinymm.errors import UsageError
     from tinymm.pipelines.load_options import LoadOptions
     from tinymm.pipelines.loading import load_with
     from tinymm.streams.video import WatchOptions, watch
 
     if (args.task == "ask") != (args.question is not None):
-        raise InputError("--question goes with --task ask, and --task ask needs a --question")
+        raise UsageError("--question goes with --task ask, and --task ask needs a --question")
     labels = read_labels(args)
     options = WatchOptions(every_n_frames=args.every_n_frames, every_s=args.every_s, pace=args.pace,
                            max_results=args.max_results)

@@ -151,6 +151,10 @@ def check_audio_context(value: Any) -> float | None:
         f"audio_context={value!r} is not 'full', 'clip' or 'clip:S' with S seconds in 0..{WINDOW_SECONDS:g} "
         "(e.g. 'clip:10': the clip's own length, at least 10 s)"
     )
+
+
+@dataclass(frozen=True)
+class WindowResult:
     """The decoding of one 30 s window."""
 
     tokens: tuple[int, ...]  # generated ids, timestamps included, <|endoftext|> excluded

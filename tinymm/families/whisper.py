@@ -15,8 +15,9 @@ Data path (``WhisperPipeline._transcribe`` holds it end to end)::
        segment's end (whisper's transcribe loop); without, to the next window
     -> (command) IntentParser over the transcript -> Intent or None
 
-Every clip of a list is decoded in the same rounds: each round batches the next window of every
-clip with audio left. A result's ``confidence`` is exp of the mean token log-probability over its
+The clips of a list are decoded one after another (``_transcribe_each``), so that a clip's
+transcript never depends on its batch; ``_transcribe`` itself decodes a batch in rounds, each
+round batching the next window of every clip with audio left. A result's ``confidence`` is exp of the mean token log-probability over its
 decoded windows (``<|endoftext|>`` included), and its ``no_speech_prob`` is the first window's. The language of a clip is detected once, from its first window, as
 openai/whisper's ``transcribe`` does. Not done here: conditioning a window on the previous
 window's text (``<|startofprev|>``) and the temperature fallback.
@@ -198,7 +199,7 @@ class WhisperPipeline:
         self, audio: Any, sample_rate: int | None = None, *, language: str | None = None, task: str = "transcribe",
         timestamps: bool = False, beam_size: int = 1, audio_context: str | None = None,
     ) -> TranscriptResult | list[TranscriptResult]:
-        """Transcribe (or translate to English) one clip or a list of clips (decoded together).
+        """Transcribe (or translate to English) one clip or a list of clips (each decoded on its own).
 
         Args:
             audio: a path, the bytes of a WAV file, or a (samples,) / (samples, channels) float
@@ -220,7 +221,7 @@ class WhisperPipeline:
         """
         options = self._options(language, task, timestamps, beam_size, audio_context)
         clips, single = _as_batch(audio)
-        results = self._transcribe(clips, sample_rate, options)
+        results = self._transcribe_each(clips, sample_rate, options)
         return results[0] if single else results
 
     def command(
@@ -232,8 +233,15 @@ class WhisperPipeline:
         """
         options = self._options(language, "transcribe", False, beam_size, None)
         clips, single = _as_batch(audio)
-        results = [CommandResult(t, self.intent_parser.parse(t.text)) for t in self._transcribe(clips, sample_rate, options)]
+        results = [CommandResult(t, self.intent_parser.parse(t.text)) for t in self._transcribe_each(clips, sample_rate, options)]
         return results[0] if single else results
+
+    def _transcribe_each(self, clips: list[Any], sample_rate: int | None,
+                         options: TranscribeOptions) -> list[TranscriptResult]:
+        """One clip at a time: a clip's transcript must not depend on the other clips of the list, and
+        with an int8 decoder it would (dynamic quantization scales each step's activations over the
+        whole batch: a batch of 2 turned "Go ahead, 3 meters." into "Go and free meters.")."""
+        return [self._transcribe([clip], sample_rate, options)[0] for clip in clips]
 
     def _options(self, language: str | None, task: str, timestamps: bool, beam_size: int,
                  audio_context: str | None) -> TranscribeOptions:

@@ -105,11 +105,16 @@ class CaptionResult:
     finished: bool  # False when max_new_tokens cut the caption
     timings: Timings = field(default_factory=Timings)
 
+    @property
+    def confidence(self) -> float:
+        """exp(mean_logprob): the geometric mean of the generated tokens' probabilities, in (0, 1]."""
+        return math.exp(self.mean_logprob)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "token_ids": list(self.token_ids),
-            "confidence": _score(math.exp(self.mean_logprob)),
+            "confidence": _score(self.confidence),
             "finished": self.finished,
             "timings": self.timings.to_dict(),
         }
@@ -125,13 +130,20 @@ class AnswerResult:
     mean_logprob: float
     finished: bool
     timings: Timings = field(default_factory=Timings)
+    truncated: bool = False  # True when the question was cut to fit the prompt budget (also logged)
+
+    @property
+    def confidence(self) -> float:
+        """exp(mean_logprob): the geometric mean of the generated tokens' probabilities, in (0, 1]."""
+        return math.exp(self.mean_logprob)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "question": self.question,
             "answer": self.answer,
             "token_ids": list(self.token_ids),
-            "confidence": _score(math.exp(self.mean_logprob)),
+            "confidence": _score(self.confidence),
+            "truncated": self.truncated,
             "finished": self.finished,
             "timings": self.timings.to_dict(),
         }

@@ -21,6 +21,7 @@ images a list of results, computed as one batch.
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -47,7 +48,7 @@ from tinymm.pipelines.results import (
 )
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
 from tinymm.preprocess.image import ImagePreprocessor
-from tinymm.preprocess.text import Tokenizer
+from tinymm.preprocess.text import Tokenizer, TruncationWarning
 
 if TYPE_CHECKING:
     from tinymm.bundle import Bundle
@@ -190,7 +191,7 @@ class VisionLanguagePipeline:
         Returns a CaptionResult, or a list of them for a list of images (decoded as one batch).
         """
         batch, single = _as_batch(images, "images")
-        hyps, texts, timings = self._generate(batch, CAPTION, [None] * len(batch), decoding, rgb)
+        hyps, texts, _, timings = self._generate(batch, CAPTION, [None] * len(batch), decoding, rgb)
         results = [CaptionResult(text, h.tokens, h.mean_logprob, h.finished, timings) for h, text in zip(hyps, texts)]
         return results[0] if single else results
 
@@ -202,22 +203,29 @@ class VisionLanguagePipeline:
         ``question`` is one string (asked of every image) or a list with one question per image.
         """
         batch, single = _as_batch(images, "images")
+        if not isinstance(question, (str, list, tuple)):
+            raise InputError(
+                f"question must be a string, or a list of strings (one per image); got a {type(question).__name__}"
+            )
         questions = [question] * len(batch) if isinstance(question, str) else list(question)
         if len(questions) != len(batch):
             raise InputError(f"got {len(questions)} questions for {len(batch)} images; give one question, or one per image")
         for q in questions:
-            if not isinstance(q, str) or not q.strip():
+            if not isinstance(q, str):
+                raise InputError(f"question {q!r} is a {type(q).__name__}, not a string; ask e.g. 'what color is the star?'")
+            if not q.strip():
                 raise InputError(f"question {q!r} is empty; ask something, e.g. 'what color is the star?'")
-        hyps, answers, timings = self._generate(batch, ASK, questions, decoding, rgb)
-        results = [AnswerResult(q, answer, h.tokens, h.mean_logprob, h.finished, timings)
-                   for q, h, answer in zip(questions, hyps, answers)]
+        hyps, answers, truncated, timings = self._generate(batch, ASK, questions, decoding, rgb)
+        results = [AnswerResult(q, answer, h.tokens, h.mean_logprob, h.finished, timings, truncated=cut)
+                   for q, h, answer, cut in zip(questions, hyps, answers, truncated)]
         return results[0] if single else results
 
-    def _prompt(self, task: str, text: str | None, max_new_tokens: int) -> np.ndarray:
-        """(T,) int64 prompt of ``task``, its one placeholder (if any) filled with ``text``."""
+    def _prompt(self, task: str, text: str | None, max_new_tokens: int) -> tuple[np.ndarray, bool]:
+        """(T,) int64 prompt of ``task``, its one placeholder (if any) filled with ``text``, and whether
+        ``text`` was cut to fit the context (logged as one warning)."""
         if task not in self.tokenizer.tasks:
             if task == CAPTION:  # a bundle without a caption template: the decoder starts from BOS
-                return np.asarray([max(self.tokenizer.config.bos_id, 0)], dtype=np.int64)
+                return np.asarray([max(self.tokenizer.config.bos_id, 0)], dtype=np.int64), False
             raise BundleError(
                 f"bundle {self.name!r} has no {task!r} prompt template (it has {list(self.tokenizer.tasks)}), "
                 f"so it cannot {task}; use a bundle exported for that task"
@@ -226,25 +234,35 @@ class VisionLanguagePipeline:
         if len(placeholders) > 1:
             raise BundleError(f"prompt template {task!r} has placeholders {list(placeholders)}; the runtime fills one")
         fields = {placeholders[0]: text or ""} if placeholders else {}
-        return self.tokenizer.encode_prompt(task, max_new_tokens=max_new_tokens, **fields)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TruncationWarning)
+            ids = self.tokenizer.encode_prompt(task, max_new_tokens=max_new_tokens, **fields)
+        cut = [w for w in caught if issubclass(w.category, TruncationWarning)]
+        for w in cut:
+            logger.warning("%s (the result says truncated=True)", w.message)
+        return ids, bool(cut)
 
     def _generate(
         self, images: list[Any], task: str, texts: list[str | None], decoding: DecodingOptions | None, rgb: bool
-    ) -> tuple[list[Hypothesis], list[str], Timings]:
+    ) -> tuple[list[Hypothesis], list[str], list[bool], Timings]:
         """The data path of caption and ask: preprocess, encode, prefill, decode loop, detokenize.
 
-        Returns the best hypothesis and its text for each image, and the timings of the batch.
+        Returns the best hypothesis, its text and whether its prompt was cut, for each image, and
+        the timings of the batch.
         """
         options = decoding if decoding is not None else DecodingOptions()
         if not isinstance(options, DecodingOptions):
-            raise TypeError(f"decoding must be a DecodingOptions, got {type(options).__name__}")
+            raise InputError(
+                f"decoding must be a tinymm.decoding.DecodingOptions (e.g. DecodingOptions(beam_size=2)), got a "
+                f"{type(options).__name__}"
+            )
         settings = self.settings
         max_new = options.max_new_tokens or settings.max_new_tokens
         # A prompt is cut only where it would leave the answer less than this (at most half the context).
         reserved = min(max_new, settings.max_length // 2)
         timer = StageTimer()
         pixels = self.preprocessor(images, rgb=rgb)  # (N, 3, H, W)
-        prompts = [self._prompt(task, text, reserved) for text in texts]  # N x (T_i,) int64
+        prompts, truncated = zip(*(self._prompt(task, text, reserved) for text in texts))  # N x (T_i,) int64
         timer.lap("preprocess")
         encoded = self.image_encoder.run({"pixel_values": pixels})
         cross = cross_from_outputs(encoded, settings.num_layers)  # name -> (N, heads, N_img, head_dim)
@@ -270,7 +288,7 @@ class VisionLanguagePipeline:
         timer.restart()  # the decoder timed its own steps
         texts = [self.tokenizer.decode(list(h.tokens)).strip() for h in hyps]
         timer.lap("postprocess")
-        return hyps, texts, timer.timings(len(images))
+        return hyps, texts, list(truncated), timer.timings(len(images))
 
     # ---- classify and embeddings -----------------------------------------------------------
 
@@ -295,7 +313,7 @@ class VisionLanguagePipeline:
             if not isinstance(text, str) or not text.strip():
                 raise InputError(f"text {text!r} is empty; every text needs at least one word")
         if CLASSIFY in self.tokenizer.tasks:
-            rows = [self._prompt(CLASSIFY, text, 0) for text in batch]
+            rows = [self._prompt(CLASSIFY, text, 0)[0] for text in batch]
         else:
             rows = [np.asarray(self.tokenizer.encode(text), dtype=np.int64) for text in batch]
         ids, lengths = self.tokenizer.encode_batch(rows)  # (N, T) int64, (N,)

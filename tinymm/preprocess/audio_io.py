@@ -29,6 +29,8 @@ from tinymm.preprocess.files import read_input_file
 logger = logging.getLogger(__name__)
 
 MAX_CHANNELS = 64  # more "channels" than this is almost surely a (channels, samples) array
+MIN_SAMPLE_RATE_HZ = 1_000  # a WAV header outside [MIN, MAX] is damaged (telephony is 8 kHz, studios 384 kHz)
+MAX_SAMPLE_RATE_HZ = 768_000
 RESAMPLE_QUALITY = "HQ"  # soxr high quality: anti-aliased, passband flat to ~0.9 Nyquist
 
 WAVE_FORMAT_PCM = 0x0001
@@ -102,7 +104,7 @@ def _check_finite(what: str, samples: np.ndarray) -> None:
 def _parse_fmt(mv: memoryview, body: int, size: int, what: str) -> WavFormat:
     if size < _FMT_BYTES:
         raise InputError(f"{what} has a fmt chunk of {size} bytes (needs {_FMT_BYTES}); the WAV file is malformed")
-    tag, channels, rate, _byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", mv, body)
+    tag, channels, rate, byte_rate, block_align, bits = struct.unpack_from("<HHIIHH", mv, body)
     if tag == WAVE_FORMAT_EXTENSIBLE:
         if size < _FMT_EXTENSIBLE_BYTES:
             raise InputError(
@@ -124,10 +126,16 @@ def _parse_fmt(mv: memoryview, body: int, size: int, what: str) -> WavFormat:
             f"{what} is a {bits}-bit {name} WAV file, which is not supported; tinymm reads 8/16/24/32-bit "
             "PCM and 32/64-bit float WAV: convert it (e.g. `ffmpeg -i in.wav -c:a pcm_s16le out.wav`)"
         )
-    if channels == 0 or rate == 0 or block_align != channels * bits // 8:
+    if not MIN_SAMPLE_RATE_HZ <= rate <= MAX_SAMPLE_RATE_HZ:
+        raise InputError(
+            f"{what} declares a sample rate of {rate} Hz, outside the {MIN_SAMPLE_RATE_HZ}-{MAX_SAMPLE_RATE_HZ} Hz "
+            "of real recordings: its header is damaged; re-export it (e.g. `ffmpeg -i in.wav -ar 16000 out.wav`)"
+        )
+    if channels == 0 or block_align != channels * bits // 8 or byte_rate != rate * block_align:
         raise InputError(
             f"{what} has an inconsistent fmt chunk (channels={channels}, sample_rate={rate}, "
-            f"block_align={block_align}, bits={bits}); the WAV file is malformed"
+            f"block_align={block_align}, byte_rate={byte_rate}, bits={bits}; block_align must be channels * "
+            "bits / 8 and byte_rate sample_rate * block_align): its header is damaged; re-export it"
         )
     return WavFormat(tag, channels, rate, bits, block_align)
 
@@ -155,6 +163,7 @@ def _decode_wav(data: bytes | bytearray | memoryview, what: str, max_seconds: fl
     n = len(mv)
     fmt: WavFormat | None = None
     data_span: tuple[int, int] | None = None  # (offset, bytes)
+    open_ended = False  # the data chunk's size was never written: it runs to the end of the file
     pos = _RIFF_HEADER_BYTES
     while pos + _CHUNK_HEADER_BYTES <= n and (fmt is None or data_span is None):
         chunk_id = bytes(mv[pos : pos + 4])
@@ -166,7 +175,7 @@ def _decode_wav(data: bytes | bytearray | memoryview, what: str, max_seconds: fl
             fmt = _parse_fmt(mv, body, size, what)
         elif chunk_id == b"data":
             if size == _UNKNOWN_DATA_SIZE:
-                size = n - body
+                size, open_ended = n - body, True
             elif body + size > n:
                 raise InputError(
                     f"{what} is truncated: its data chunk declares {size} bytes but only {n - body} "
@@ -180,6 +189,12 @@ def _decode_wav(data: bytes | bytearray | memoryview, what: str, max_seconds: fl
     offset, size = data_span
     frames = size // fmt.block_align
     if size % fmt.block_align:
+        if fmt.channels > 1 and not open_ended:
+            raise InputError(
+                f"{what} declares {fmt.channels} channels of {fmt.bits}-bit samples ({fmt.block_align} bytes a "
+                f"frame), but its {size} bytes of data are not a whole number of frames: the header does not "
+                "describe the data (a mono recording labelled multichannel?); re-export it"
+            )
         logger.warning("%s: data chunk ends with a partial frame (%d bytes); ignoring it", what, size % fmt.block_align)
     _check_duration(what, frames, fmt.sample_rate, max_seconds)
     samples = _decode_samples(mv[offset : offset + frames * fmt.block_align], fmt)

@@ -38,6 +38,8 @@ MS_PER_S = 1000.0
 SILENCE_DB = -100.0  # energy of digital silence (the log of 0 is clamped here)
 POWER_FLOOR = 10 ** (SILENCE_DB / 10)
 SAMPLE_FORMATS = {"s16le": ("<i2", 2**15), "f32le": ("<f4", 1.0)}  # raw PCM: numpy dtype, full scale
+# Float PCM beyond this magnitude (x full scale) is not audio: s16le bytes read as f32le, most often.
+MAX_FLOAT_PCM_ABS = 8.0
 LISTEN_TASKS = ("command", "transcribe")
 DEFAULT_CHUNK_MS = 100  # audio read per chunk from a file or a pipe
 
@@ -195,11 +197,15 @@ def wav_chunks(source: Any, chunk_ms: float = DEFAULT_CHUNK_MS) -> tuple[int, It
 def pcm_chunks(
     stream: BinaryIO, sample_rate: int, sample_format: str = "s16le", chunk_ms: float = DEFAULT_CHUNK_MS
 ) -> Iterator[np.ndarray]:
-    """(samples,) float32 chunks of raw mono PCM read from a binary stream until it ends."""
+    """(samples,) float32 chunks of raw mono PCM read from a binary stream until it ends.
+
+    Float samples that are NaN, infinite or beyond MAX_FLOAT_PCM_ABS raise InputError: the bytes
+    are not float PCM (integer PCM read in the wrong sample format).
+    """
     if sample_format not in SAMPLE_FORMATS:
         raise InputError(f"sample format {sample_format!r} is not one of {list(SAMPLE_FORMATS)}")
     dtype, full_scale = SAMPLE_FORMATS[sample_format]
-    width = np.dtype(dtype).itemsize
+    width, is_float = np.dtype(dtype).itemsize, np.dtype(dtype).kind == "f"
     chunk_bytes = max(1, round(sample_rate * chunk_ms / MS_PER_S)) * width
     leftover = b""
     while True:
@@ -210,7 +216,14 @@ def pcm_chunks(
         whole = len(data) // width * width
         leftover = data[whole:]
         if whole:
-            yield np.frombuffer(data[:whole], dtype=dtype).astype(np.float32) / np.float32(full_scale)
+            chunk = np.frombuffer(data[:whole], dtype=dtype).astype(np.float32) / np.float32(full_scale)
+            if is_float and not np.all(np.abs(chunk) <= MAX_FLOAT_PCM_ABS):  # NaN fails the test too
+                raise InputError(
+                    f"raw PCM read as {sample_format} holds samples that are not audio (NaN, infinite or beyond "
+                    f"+-{MAX_FLOAT_PCM_ABS:g} full scale): the stream is in another sample format; pass the right "
+                    f"one (--sample-format {' or '.join(SAMPLE_FORMATS)}; arecord -f S16_LE is s16le)"
+                )
+            yield chunk
     if leftover:
         logger.warning("raw PCM ended with %d stray byte(s) (half a sample); ignored", len(leftover))
 
