@@ -79,8 +79,11 @@ def speech_model_info(model: SpeechCTCModel, lexicon: Sequence[str] = (), gramma
     ``lexicon``: the training transcripts' words; when given, the runtime snaps misspelt words of
     a transcript to them (``model.lexicon``, tinymm/decoding/lexicon.py). ``grammar``: the
     built-in grammar the training sentences come from; when given, the runtime decodes with it
-    (``model.grammar``, tinymm/decoding/grammar.py).
+    (``model.grammar``, tinymm/decoding/grammar.py), and the bundle names the VAD bundle that
+    checks clips for speech before a command is parsed (``model.vad``, tinymm/pipelines/vad.py).
     """
+    from tinymm.pipelines.vad import DEFAULT_VAD_BUNDLE
+
     from tinymm.robot.grammar import GRAMMAR_NAMES
 
     require(grammar is None or grammar in GRAMMAR_NAMES,
@@ -88,7 +91,7 @@ def speech_model_info(model: SpeechCTCModel, lexicon: Sequence[str] = (), gramma
             f"recipe's {GRAMMAR_FILE} next to the tokenizer")
     cfg = model.config
     lexicon_entry = {"lexicon": list(lexicon)} if lexicon else {}  # in file order: most frequent first
-    grammar_entry = {"grammar": grammar} if grammar else {}
+    grammar_entry = {"grammar": grammar, "vad": DEFAULT_VAD_BUNDLE} if grammar else {}
     return {
         "blank_id": CTC_BLANK_ID,
         "vocab_size": cfg.vocab_size,

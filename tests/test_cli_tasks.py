@@ -211,7 +211,7 @@ def test_transcribe(files, capsys, monkeypatch):
     code, payload = _json(capsys, "transcribe", str(files["speech_wav"]), "--bundle", str(files["speech"]))
     assert code == EXIT_OK
     assert set(payload["results"][0]) == {"input", "text", "raw_text", "in_grammar", "token_ids", "confidence", "duration_s",
-                                          "timings"}
+                                          "rejected", "reject_reason", "timings"}
     assert payload["results"][0]["duration_s"] == pytest.approx(2.7, abs=0.01)
     code, payload = _json(capsys, "transcribe", "-", "--bundle", str(files["speech"]),
                           stdin=files["speech_wav"].read_bytes(), monkeypatch=monkeypatch)

@@ -354,7 +354,8 @@ def test_transcript_results_keep_their_dict_and_add_whisper_fields():
     from tinymm.pipelines.results import Segment, TranscriptResult
 
     plain = TranscriptResult("turn left", (1, 2), 0.9, 1.0).to_dict()
-    assert set(plain) == {"text", "raw_text", "in_grammar", "token_ids", "confidence", "duration_s", "timings"}
+    assert set(plain) == {"text", "raw_text", "in_grammar", "token_ids", "confidence", "duration_s", "rejected",
+                          "reject_reason", "timings"}
     whisper = TranscriptResult("turn left", (1, 2), 0.9, 31.0, language="en", no_speech_prob=0.0123456789,
                                segments=(Segment(0.0, 1.23456, "turn left"),), windows=2).to_dict()
     assert whisper["language"] == "en" and whisper["no_speech_prob"] == 0.012346 and whisper["windows"] == 2

@@ -5,13 +5,16 @@
 
     arecord -q -f S16_LE -r 16000 -c 1 -t raw | tinymm listen - --json
 
-An energy voice activity detector with hangover cuts the stream into utterances (tune it with
-``--threshold-db``, ``--hangover-ms``, ``--max-utterance-s``); each one is transcribed and, with
-``--task command`` (the default), parsed into an intent. Prints one line per utterance:
+A voice activity detector with hangover cuts the stream into utterances: Silero VAD (``--vad
+silero``, the default when the silero-vad bundle is installed), or frame energy (``--vad energy``,
+tuned with ``--threshold-db``); ``--hangover-ms`` and ``--max-utterance-s`` apply to both. Each
+utterance is transcribed and, with ``--task command`` (the default), parsed into an intent, which
+is rejected (``intent`` null, ``rejected`` true, ``reject_reason``) when its score is below
+``--reject-threshold`` (see ``tinymm command``). Prints one line per utterance:
 ``[1.20-2.35 s] go forward three meters -> {"action": "move", ...}``; ``--json`` prints one JSON
 object per line (JSON Lines): ``{"start_s", "end_s", "transcript", "in_grammar", "intent",
-"confidence", "duration_s", "timings"}`` (``--task transcribe``: ``text`` instead of transcript
-and intent; an utterance the model cannot take gives ``{"start_s", "end_s", "error"}``). A
+"confidence", "duration_s", "rejected", "reject_reason", "score", "timings"}`` (``--task
+transcribe``: ``text`` instead of transcript and intent; an utterance the model cannot take gives ``{"start_s", "end_s", "error"}``). A
 bundle with a command grammar decodes with it; ``--no-grammar`` decodes freely (see ``tinymm
 transcribe``). Unreadable or empty audio exits 3, a missing bundle 4.
 """
@@ -23,9 +26,10 @@ import json
 import sys
 from typing import Any
 
-from tinymm.commands.transcribe import add_grammar_flag, apply_grammar_flag
+from tinymm.commands.transcribe import add_grammar_flag, add_reject_flag, apply_grammar_flag, apply_reject_flag
 
 TASKS = ("command", "transcribe")
+DETECTORS = ("silero", "energy")
 SAMPLE_FORMATS = ("s16le", "f32le")
 
 
@@ -54,10 +58,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=_rate, help="Hz of raw PCM on stdin (default: the model's rate)")
     parser.add_argument("--sample-format", choices=SAMPLE_FORMATS, default="s16le", help="raw PCM sample format")
     vad = parser.add_argument_group("voice activity detection (defaults: tinymm.streams.audio.VADOptions)")
-    vad.add_argument("--threshold-db", type=_number, help="energy a speech frame exceeds, dBFS (-45)")
+    vad.add_argument("--vad", choices=DETECTORS, default=None,
+                     help="silero (default when the silero-vad bundle is installed) or energy")
+    vad.add_argument("--threshold-db", type=_number, help="--vad energy: energy a speech frame exceeds, dBFS (-45)")
     vad.add_argument("--hangover-ms", type=_number, help="silence that ends an utterance (300)")
     vad.add_argument("--max-utterance-s", type=_number, help="longer utterances are cut (10)")
     add_grammar_flag(parser)
+    add_reject_flag(parser)
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_SPEECH_BUNDLE)
     return parser
 
@@ -77,12 +84,15 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--rate describes raw PCM on stdin (SOURCE -); a WAV file carries its own rate")
     speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
     apply_grammar_flag(speech, args)
+    apply_reject_flag(speech, args)
+    if args.vad is None and args.threshold_db is not None:
+        args.vad = "energy"  # --threshold-db tunes the energy detector: asking for it picks that detector
     if args.source == "-":
         rate = args.rate or speech.sample_rate
         chunks = pcm_chunks(sys.stdin.buffer, rate, args.sample_format)
     else:
         rate, chunks = wav_chunks(args.source)
-    for event in listen(speech, chunks, rate, task=args.task, options=vad):
+    for event in listen(speech, chunks, rate, task=args.task, options=vad, detector=args.vad):
         if args.json:
             sys.stdout.write(json.dumps(event, ensure_ascii=False) + "\n")
         else:
@@ -93,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
                 line = f"{span} {event['text']}"
             else:
                 intent = "none" if event["intent"] is None else json.dumps(event["intent"], ensure_ascii=False)
+                if event.get("rejected"):
+                    intent += f" (rejected: {event['reject_reason']})"
                 line = f"{span} {event['transcript']} -> {intent}"
             sys.stdout.write(line + "\n")
         sys.stdout.flush()

@@ -87,6 +87,37 @@ def add_grammar_flag(parser: argparse.ArgumentParser) -> None:
                         help="decode freely (best path + lexicon) even when the bundle has a command grammar")
 
 
+def _reject_threshold(text: str) -> float:
+    """argparse type of --reject-threshold: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a threshold; give a number in 0..1 (0: keep every command)")
+    return value
+
+
+def add_reject_flag(parser: argparse.ArgumentParser) -> None:
+    """``--reject-threshold``, shared by ``command`` and ``listen`` (``apply_reject_flag`` reads it)."""
+    parser.add_argument("--reject-threshold", type=_reject_threshold, default=None, metavar="T",
+                        help="reject a command whose score (grammar path probability, discounted by its cost against "
+                             "the free path) is below T, 0..1 (default: the pipeline's, "
+                             "tinymm.pipelines.speech.DEFAULT_REJECT_THRESHOLD)")
+
+
+def apply_reject_flag(speech: Any, args: argparse.Namespace) -> None:
+    """Set the speech pipeline's reject_threshold when ``--reject-threshold`` was given."""
+    from tinymm.errors import UsageError
+
+    if args.reject_threshold is None:
+        return
+    if not hasattr(speech, "reject_threshold"):
+        raise UsageError(f"bundle {speech.name!r} does not take --reject-threshold: only command-grammar speech "
+                         "bundles (architecture tinymm-ctc) do; drop the flag")
+    speech.reject_threshold = args.reject_threshold
+
+
 def apply_grammar_flag(speech: Any, args: argparse.Namespace) -> None:
     """Turn the speech pipeline's grammar decoding off when ``--no-grammar`` was given."""
     speech.use_grammar = not args.no_grammar

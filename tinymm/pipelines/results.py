@@ -206,6 +206,10 @@ class TranscriptResult:
     no_speech_prob: float | None = None  # probability of no speech in the first 30 s window
     segments: tuple[Segment, ...] | None = None  # timed pieces, when timestamps were asked for
     windows: int | None = None  # 30 s windows decoded (more than 1 for long audio)
+    rejected: bool = False  # True: no transcript was made, see reject_reason
+    reject_reason: str | None = None  # "no_speech": the voice activity detector heard (almost) no speech
+    speech_ratio: float | None = None  # fraction of the clip the VAD calls speech; None: no VAD ran
+    grammar_gap: float | None = None  # nats per token the grammar path cost against the free path; None: no grammar
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -215,8 +219,12 @@ class TranscriptResult:
             "token_ids": list(self.token_ids),
             "confidence": _score(self.confidence),
             "duration_s": round(self.duration_s, MS_DECIMALS),
+            "rejected": self.rejected,
+            "reject_reason": self.reject_reason,
             "timings": self.timings.to_dict(),
         }
+        if self.speech_ratio is not None:
+            out["speech_ratio"] = _score(self.speech_ratio)
         if self.language is not None:
             out["language"] = self.language
         if self.no_speech_prob is not None:
@@ -230,24 +238,38 @@ class TranscriptResult:
 
 @dataclass(frozen=True)
 class CommandResult:
-    """A spoken command: its transcript and the intent parsed from it (None: outside the grammar)."""
+    """A spoken command: its transcript and the intent parsed from it.
+
+    ``intent`` is None when the words are outside the grammar, and when the command was rejected
+    (``rejected`` True, ``reject_reason`` "no_speech" or "low_confidence").
+    """
 
     transcript: TranscriptResult
     intent: Intent | None
+    rejected: bool = False  # True: the evidence did not hold, intent is None
+    reject_reason: str | None = None  # "no_speech" | "low_confidence"; None when not rejected
+    score: float | None = None  # the evidence compared with reject_threshold, in [0, 1]; None: not scored
 
     @property
     def text(self) -> str:
         return self.transcript.text
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "transcript": self.transcript.text,
             "in_grammar": self.transcript.in_grammar,
             "intent": None if self.intent is None else self.intent.to_dict(),
             "confidence": _score(self.transcript.confidence),
             "duration_s": round(self.transcript.duration_s, MS_DECIMALS),
+            "rejected": self.rejected,
+            "reject_reason": self.reject_reason,
             "timings": self.transcript.timings.to_dict(),
         }
+        if self.score is not None:
+            out["score"] = _score(self.score)
+        if self.transcript.speech_ratio is not None:
+            out["speech_ratio"] = _score(self.transcript.speech_ratio)
+        return out
 
 
 @dataclass(frozen=True)

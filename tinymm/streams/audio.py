@@ -1,7 +1,10 @@
-"""``listen``: cut an audio stream into utterances with an energy detector, transcribe each one.
+"""``listen``: cut an audio stream into utterances with a voice activity detector, transcribe each one.
 
 Audio arrives in chunks (from a WAV file, raw PCM on stdin, or a microphone callback) and goes
-through ``EnergyVAD``, a voice activity detector on frame energy with hangover:
+through a voice activity detector with hangover: ``SileroSegmenter`` (the default when the speech
+pipeline has a VAD: Silero VAD's speech probability per 32 ms window, speech above its threshold
+and, inside an utterance, down to its lower threshold; noise, hum and music stay below it), or
+``EnergyVAD`` (``detector="energy"``), on frame energy:
 
 - every ``frame_ms`` frame gets its energy in dBFS (a full-scale sine is -3 dBFS);
 - a frame is speech when its energy is above ``threshold_db`` and ``noise_margin_db`` above the
@@ -31,6 +34,7 @@ from tinymm.errors import InputError
 
 if TYPE_CHECKING:
     from tinymm.pipelines.speech import SpeechPipeline
+    from tinymm.pipelines.vad import SileroVAD
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +45,7 @@ SAMPLE_FORMATS = {"s16le": ("<i2", 2**15), "f32le": ("<f4", 1.0)}  # raw PCM: nu
 # Float PCM beyond this magnitude (x full scale) is not audio: s16le bytes read as f32le, most often.
 MAX_FLOAT_PCM_ABS = 8.0
 LISTEN_TASKS = ("command", "transcribe")
+DETECTORS = ("silero", "energy")  # listen(detector=...): Silero VAD (needs the pipeline's vad), or frame energy
 DEFAULT_CHUNK_MS = 100  # audio read per chunk from a file or a pipe
 
 
@@ -92,20 +97,22 @@ def frame_energy_db(frame: np.ndarray) -> float:
 class EnergyVAD:
     """Streaming detector: ``accept(chunk)`` returns the utterances that chunk completed."""
 
-    def __init__(self, sample_rate: int, options: VADOptions | None = None) -> None:
+    def __init__(self, sample_rate: int, options: VADOptions | None = None, frame_len: int | None = None) -> None:
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
             raise InputError(f"sample_rate={sample_rate!r} must be a positive integer number of Hz")
         self.options = options = options if options is not None else VADOptions()
         self.sample_rate = sample_rate
-        self.frame_len = max(1, round(sample_rate * options.frame_ms / MS_PER_S))  # samples per frame
+        # samples per frame: options.frame_ms, unless the detector has its own window
+        self.frame_len = frame_len or max(1, round(sample_rate * options.frame_ms / MS_PER_S))
+        frame_ms = options.frame_ms if frame_len is None else self.frame_len * MS_PER_S / sample_rate
 
         def frames(ms: float) -> int:
-            return max(1, math.ceil(ms / options.frame_ms))
+            return max(1, math.ceil(ms / frame_ms))
 
         self._onset_frames = frames(options.min_speech_ms)
         self._hangover_frames = frames(options.hangover_ms)
         self._max_frames = frames(options.max_utterance_s * MS_PER_S)
-        self._pre_roll_frames = math.ceil(options.pre_roll_ms / options.frame_ms)
+        self._pre_roll_frames = math.ceil(options.pre_roll_ms / frame_ms)
         self._rise = min(1.0, options.frame_ms / (options.noise_adapt_s * MS_PER_S))  # floor step per louder frame
         self._pending = np.zeros(0, dtype=np.float32)  # samples not yet a whole frame
         self._index = 0  # frames seen
@@ -115,6 +122,10 @@ class EnergyVAD:
         self._open: list[np.ndarray] | None = None  # frames of the open utterance
         self._first = self._last = 0  # first and last speech frame of the open utterance
         self._silence = 0  # silent frames in a row inside it
+
+    def _speech(self, frame: np.ndarray) -> bool:
+        """Is this frame speech? (energy above the threshold and the noise floor)"""
+        return self._is_speech(frame_energy_db(frame))
 
     def _is_speech(self, db: float) -> bool:
         floor = self._floor
@@ -138,7 +149,7 @@ class EnergyVAD:
 
     def _frame(self, frame: np.ndarray) -> list[Utterance]:
         index, self._index = self._index, self._index + 1
-        speech = self._is_speech(frame_energy_db(frame))
+        speech = self._speech(frame)
         if self._open is None:
             self._history.append(frame)
             self._run = self._run + 1 if speech else 0
@@ -176,9 +187,38 @@ class EnergyVAD:
         return [] if self._open is None else self._close()
 
 
-def segment(chunks: Iterable[np.ndarray], sample_rate: int, options: VADOptions | None = None) -> Iterator[Utterance]:
-    """The utterances in a stream of (samples,) float chunks at ``sample_rate``."""
-    vad = EnergyVAD(sample_rate, options)
+class SileroSegmenter(EnergyVAD):
+    """``EnergyVAD``'s utterance rules over Silero VAD's decisions, one model window per frame.
+
+    A window is speech when its probability is at least the VAD's ``threshold``, or, while an
+    utterance is open, at least its ``neg_threshold`` (Silero's hysteresis). ``options.frame_ms``,
+    ``threshold_db``, ``noise_margin_db`` and ``noise_adapt_s`` do not apply.
+    """
+
+    def __init__(self, sample_rate: int, vad: SileroVAD, options: VADOptions | None = None) -> None:
+        settings = vad.settings
+        frame_len = max(1, round(settings.chunk_samples * sample_rate / settings.sample_rate))
+        super().__init__(sample_rate, options, frame_len=frame_len)
+        self.vad, self._stream = vad, vad.stream()
+
+    def _speech(self, frame: np.ndarray) -> bool:
+        settings = self.vad.settings
+        window = frame
+        if self.sample_rate != settings.sample_rate:
+            from tinymm.preprocess.audio_io import resample
+
+            resampled = resample(frame, self.sample_rate, settings.sample_rate)[: settings.chunk_samples]
+            window = np.zeros(settings.chunk_samples, dtype=np.float32)  # a sample short after rounding: pad
+            window[: resampled.shape[0]] = resampled
+        p = self._stream.window(window)
+        return p >= settings.threshold or (self._open is not None and p >= settings.neg_threshold)
+
+
+def segment(chunks: Iterable[np.ndarray], sample_rate: int, options: VADOptions | None = None,
+            vad: SileroVAD | None = None) -> Iterator[Utterance]:
+    """The utterances in a stream of (samples,) float chunks at ``sample_rate``: by Silero VAD when
+    ``vad`` is given, else by frame energy."""
+    vad = EnergyVAD(sample_rate, options) if vad is None else SileroSegmenter(sample_rate, vad, options)
     for chunk in chunks:
         yield from vad.accept(chunk)
     yield from vad.flush()
@@ -216,14 +256,16 @@ def pcm_chunks(
         whole = len(data) // width * width
         leftover = data[whole:]
         if whole:
-            chunk = np.frombuffer(data[:whole], dtype=dtype).astype(np.float32) / np.float32(full_scale)
-            if is_float and not np.all(np.abs(chunk) <= MAX_FLOAT_PCM_ABS):  # NaN fails the test too
+            raw = np.frombuffer(data[:whole], dtype=dtype)
+            with np.errstate(invalid="ignore"):  # a signalling NaN is what this check is for
+                plausible = not is_float or bool(np.all(np.abs(raw) <= MAX_FLOAT_PCM_ABS))  # NaN fails it too
+            if not plausible:
                 raise InputError(
                     f"raw PCM read as {sample_format} holds samples that are not audio (NaN, infinite or beyond "
                     f"+-{MAX_FLOAT_PCM_ABS:g} full scale): the stream is in another sample format; pass the right "
                     f"one (--sample-format {' or '.join(SAMPLE_FORMATS)}; arecord -f S16_LE is s16le)"
                 )
-            yield chunk
+            yield raw.astype(np.float32) / np.float32(full_scale)
     if leftover:
         logger.warning("raw PCM ended with %d stray byte(s) (half a sample); ignored", len(leftover))
 
@@ -235,6 +277,7 @@ def listen(
     *,
     task: str = "command",
     options: VADOptions | None = None,
+    detector: str | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Transcribe each utterance of an audio stream; yield one JSON-able dict per utterance.
 
@@ -242,14 +285,24 @@ def listen(
         pipeline: a SpeechPipeline.
         chunks: (samples,) float mono chunks in [-1, 1] at ``sample_rate`` (see wav_chunks, pcm_chunks).
         task: "command" (transcript and intent) or "transcribe" (transcript).
+        detector: "silero" (the pipeline's ``vad``), "energy", or None: silero when the pipeline
+            has a VAD, else energy.
 
     An utterance the model cannot take (e.g. too short) yields ``{"start_s", "end_s", "error"}``
     and the stream goes on.
     """
     if task not in LISTEN_TASKS:
         raise InputError(f"listen task {task!r} is not one of {list(LISTEN_TASKS)}")
+    vad = getattr(pipeline, "vad", None)
+    if detector is None:
+        detector = "energy" if vad is None else "silero"
+    if detector not in DETECTORS:
+        raise InputError(f"listen detector {detector!r} is not one of {list(DETECTORS)}")
+    if detector == "silero" and vad is None:
+        raise InputError(f"the speech pipeline {getattr(pipeline, 'name', '?')!r} has no VAD (the silero-vad bundle "
+                         "is not installed: python scripts/make_vad_bundle.py); use detector 'energy'")
     run = pipeline.command if task == "command" else pipeline.transcribe
-    for utterance in segment(chunks, sample_rate, options):
+    for utterance in segment(chunks, sample_rate, options, vad if detector == "silero" else None):
         event: dict[str, Any] = {"start_s": round(utterance.start_s, 3), "end_s": round(utterance.end_s, 3)}
         try:
             event.update(run(utterance.samples, utterance.sample_rate).to_dict())
