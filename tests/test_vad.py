@@ -232,3 +232,11 @@ def test_listen_resamples_other_rates_for_the_vad_and_needs_one_for_silero(speec
             list(listen(speech, iter([stream]), 44100, detector="silero"))
     finally:
         speech.vad = vad
+
+
+def test_the_vad_bundle_is_refused_where_a_transcript_is_needed(capsys):
+    from tinymm.errors import EXIT_BUNDLE
+
+    for argv in (["transcribe", str(SAMPLE)], ["command", str(SAMPLE)], ["listen", str(SAMPLE)]):
+        assert main([*argv, "--bundle", str(VAD_BUNDLE)]) == EXIT_BUNDLE
+        assert "does not do" in capsys.readouterr().err

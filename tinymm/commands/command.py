@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from tinymm.pipelines.load_options import LoadOptions
     from tinymm.pipelines.loading import load_with
 
-    speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
+    speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech", task="command")
     apply_grammar_flag(speech, args)
     apply_reject_flag(speech, args)
     options = whisper_options(speech, args)

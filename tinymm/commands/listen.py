@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{e}; see tinymm listen --help") from e
     if args.source != "-" and args.rate is not None:
         raise InputError("--rate describes raw PCM on stdin (SOURCE -); a WAV file carries its own rate")
-    speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech")
+    speech = load_with(args.bundle, LoadOptions.from_args(args), family="speech", task=args.task)
     apply_grammar_flag(speech, args)
     apply_reject_flag(speech, args)
     if args.vad is None and args.threshold_db is not None:

@@ -74,8 +74,10 @@ def load(
     return load_with(name_or_path, options, family)
 
 
-def load_with(name_or_path: str | Path, options: LoadOptions, family: str | None = None) -> Any:
-    """``load`` with a LoadOptions (as the task subcommands build it from their flags)."""
+def load_with(name_or_path: str | Path, options: LoadOptions, family: str | None = None,
+              task: str | None = None) -> Any:
+    """``load`` with a LoadOptions (as the task subcommands build it from their flags); ``task``, when
+    given, must be one of the bundle's tasks (a VAD bundle is a speech bundle that cannot transcribe)."""
     from tinymm.bundle import read_bundle
 
     # Only the variants that open_sessions loads are scanned (the scan dominates reading a bundle).
@@ -86,6 +88,12 @@ def load_with(name_or_path: str | Path, options: LoadOptions, family: str | None
             raise BundleError(
                 f"bundle {bundle.name!r} ({str(name_or_path)!r}) is a {manifest.family} bundle, but a {family} "
                 "bundle is needed here; pass the right one (e.g. --bundle PATH; tinymm info describes a bundle)"
+            )
+        if task is not None and task not in manifest.tasks:
+            raise BundleError(
+                f"bundle {bundle.name!r} ({str(name_or_path)!r}) does not do {task} (its tasks: "
+                f"{', '.join(manifest.tasks)}); pass a bundle that does (e.g. --bundle PATH; tinymm info "
+                "describes a bundle)"
             )
         try:
             module = family_module(manifest.architecture_name)
