@@ -65,7 +65,8 @@ def test_members_the_manifest_does_not_declare_are_refused_before_writing(tiny_b
         read_bundle(big)
     card = (tiny_bundle / "README.md").read_bytes()
     resized = _repacked(tiny_bundle, tmp_path / "resized.tar", {"README.md": card + b"\0" * 4096})
-    with pytest.raises(ChecksumMismatchError, match=f"holds {len(card) + 4096} bytes but the manifest lists {len(card)}"):
+    message = f"holds {len(card) + 4096} bytes but the manifest lists {len(card)}"
+    with pytest.raises(ChecksumMismatchError, match=message):
         read_bundle(resized)
     out = tmp_path / "out"
     with pytest.raises(UnlistedFileError):

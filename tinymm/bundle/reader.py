@@ -159,7 +159,8 @@ def read_bundle(path: str | Path, *, verify_checksums: bool = True, scan_models:
     """Read and validate the bundle at ``path``: a directory, or a .tar/.tar.gz/.tgz archive of one.
 
     An archive is extracted (safely: see archive.py) into ``extract_to`` (absent or empty), or
-    else once into the user's cache, keyed by the archive's content, and reused (extract_cache.py). ``verify_checksums=False`` skips hashing (sizes are still compared);
+    else once into the user's cache, keyed by the archive's content, and reused (extract_cache.py).
+    ``verify_checksums=False`` skips hashing (sizes are still compared);
     ``verify_bundle`` hashes later. ``scan_models=False`` defers the ONNX scan (external data kept
     inside the bundle) to ``Bundle.checked_component_path``, so that a loader scans only the variants
     it opens: the pure-Python scan is the slowest part of reading a bundle.

@@ -212,7 +212,7 @@ class VisionLanguagePipeline:
             raise InputError(f"got {len(questions)} questions for {len(batch)} images; give one question, or one per image")
         for q in questions:
             if not isinstance(q, str):
-                raise InputError(f"question {q!r} is a {type(q).__name__}, not a string; ask e.g. 'what color is the star?'")
+                raise InputError(f"question {q!r} is a {type(q).__name__}, not a string; ask e.g. 'what color is it?'")
             if not q.strip():
                 raise InputError(f"question {q!r} is empty; ask something, e.g. 'what color is the star?'")
         hyps, answers, truncated, timings = self._generate(batch, ASK, questions, decoding, rgb)

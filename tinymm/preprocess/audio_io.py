@@ -143,7 +143,8 @@ def _parse_fmt(mv: memoryview, body: int, size: int, what: str) -> WavFormat:
 def _decode_samples(raw: memoryview, fmt: WavFormat) -> np.ndarray:
     """Raw little-endian sample bytes -> (frames, channels) float32."""
     if fmt.encoding == WAVE_FORMAT_IEEE_FLOAT:
-        samples = np.frombuffer(raw, dtype="<f4" if fmt.bits == 32 else "<f8").astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and NaN follow: _check_finite refuses them
+            samples = np.frombuffer(raw, dtype="<f4" if fmt.bits == 32 else "<f8").astype(np.float32)
     elif fmt.bits == 8:
         samples = (np.frombuffer(raw, dtype=np.uint8).astype(np.float32) - _PCM8_ZERO) * (1.0 / _PCM8_ZERO)
     elif fmt.bits == 24:
@@ -252,7 +253,8 @@ def _from_array(
             "transpose a (channels, samples) array"
         )
     if samples.dtype.kind == "f":
-        out = samples.astype(np.float32, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # beyond float32 becomes inf: refused next
+            out = samples.astype(np.float32, copy=False)
         _check_finite(what, out)
     elif samples.dtype == np.uint8:
         out = (samples.astype(np.float32) - _PCM8_ZERO) * (1.0 / _PCM8_ZERO)

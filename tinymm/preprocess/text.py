@@ -134,6 +134,10 @@ def _load_sentencepiece(path: Path) -> Any:
         ) from e
     if processor.get_piece_size() <= 0:
         raise BundleError(f"tokenizer model {path} has an empty vocabulary; re-export the bundle")
+    try:  # a damaged model can load with pieces that are not UTF-8, and fail later in decode()
+        processor.id_to_piece(list(range(processor.get_piece_size())))
+    except UnicodeDecodeError as e:
+        raise BundleError(f"tokenizer model {path} has pieces that are not UTF-8 ({e}); it is damaged: re-export it") from e
     return processor
 
 
