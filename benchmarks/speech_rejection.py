@@ -9,7 +9,7 @@ Makes two sets, in memory (nothing is written but the results):
 
 - non-speech: ``--nonspeech`` clips of 1-3 s, cycling through NONSPEECH_KINDS (white, pink and brown
   noise, mains hum, tones, chirps, clicks, chords, noise bursts, silence), at a mean power drawn
-  uniformly in -50..-5 dBFS;
+  uniformly in -50..-5 dBFS (a clip whose peaks would pass full scale is scaled to it instead);
 - real commands: ``--commands`` sentences of the command grammar spoken by espeak-ng with the
   voices, languages and rates that training never used (train/data/speech_dataset.py TEST_POOL;
   flite and festival are reserved for evaluation and never used here), at a random gain, half of
@@ -102,7 +102,11 @@ def nonspeech_set(count: int, seed: int) -> Iterator[dict[str, Any]]:
         n = int(rng.uniform(*DURATION_S) * RATE_HZ)
         level = 0.0 if kind == "silence" else float(rng.uniform(*LEVEL_DBFS))
         x = nonspeech_clip(kind, rng, n) * 10 ** (level / 20)
-        yield {"kind": kind, "level_dbfs": round(level, 1), "audio": np.clip(x, -1, 1).astype(np.float32)}
+        peak = np.abs(x).max()
+        if peak > 1.0:  # clicks and bursts at high levels: scaled to full scale, not clipped (their level drops)
+            x /= peak
+            level = 10 * np.log10(np.mean(x**2))
+        yield {"kind": kind, "level_dbfs": round(float(level), 1), "audio": x.astype(np.float32)}
 
 
 def command_set(count: int, seed: int) -> Iterator[dict[str, Any]]:
