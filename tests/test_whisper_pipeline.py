@@ -66,7 +66,9 @@ def whisper(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipeline(whisper):
-    return tinymm.load(whisper.bundle)
+    loaded = tinymm.load(whisper.bundle)
+    loaded.audio_context = "full"  # the transformers reference encodes the whole 30 s window
+    return loaded
 
 
 def _variant(pipeline, **kwargs):
@@ -303,6 +305,10 @@ def test_cli_transcribe_takes_whisper_flags_and_prints_segments(whisper, tmp_pat
     assert main(["transcribe", str(clip), "--bundle", str(whisper.bundle), "--timestamps"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert all(line.startswith("  [") and "->" in line for line in printed[1:])
+    assert main(["transcribe", str(clip), "--bundle", str(whisper.bundle), "--audio-context", "full"]) == 0
+    capsys.readouterr()
+    code = main(["transcribe", str(clip), "--bundle", str(whisper.bundle), "--audio-context", "clip:99"])
+    assert code == 2 and "clip:S" in capsys.readouterr().err  # a usage error
 
 
 def test_cli_refuses_whisper_flags_for_a_ctc_bundle(tmp_path, capsys):

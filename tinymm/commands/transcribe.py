@@ -11,7 +11,7 @@ exits 3; a missing bundle 4. For a live stream, use ``tinymm listen``.
 
 Whisper bundles (architecture ``whisper``) also take ``--language`` (default: detected),
 ``--task translate``, ``--timestamps`` (prints ``[start -> end] text`` per segment; ``--json``
-adds ``segments``) and ``--beam-size``; their results add ``language``, ``no_speech_prob`` and
+adds ``segments``), ``--beam-size`` and ``--audio-context``; their results add ``language``, ``no_speech_prob`` and
 ``windows`` (30 s windows decoded). These flags with a bundle that does not take them exit 2.
 """
 
@@ -35,6 +35,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _audio_context(text: str) -> str:
+    """argparse type of --audio-context: full, clip or clip:S."""
+    from tinymm.decoding.whisper_task import check_audio_context
+
+    try:
+        check_audio_context(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return text
+
+
 def _beam_size(text: str) -> int:
     """argparse type of --beam-size: an integer in 1..64."""
     try:
@@ -47,7 +58,8 @@ def _beam_size(text: str) -> int:
 
 
 # flag -> transcribe() keyword, for the bundles whose pipeline lists the keyword in ``transcribe_options``
-WHISPER_FLAGS = {"--language": "language", "--task": "task", "--timestamps": "timestamps", "--beam-size": "beam_size"}
+WHISPER_FLAGS = {"--language": "language", "--task": "task", "--timestamps": "timestamps", "--beam-size": "beam_size",
+                 "--audio-context": "audio_context"}
 
 
 def add_whisper_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...] = tuple(WHISPER_FLAGS)) -> None:
@@ -63,6 +75,10 @@ def add_whisper_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...] = 
                            help="decode timestamps and print the segments")
     if "--beam-size" in flags:
         group.add_argument("--beam-size", type=_beam_size, default=None, help="1: greedy search (default)")
+    if "--audio-context" in flags:
+        group.add_argument("--audio-context", type=_audio_context, default=None, metavar="CTX",
+                           help="encoder input: full (30 s), clip (the clip's length) or clip:S (at least S s; "
+                                "default clip:10)")
 
 
 def whisper_options(speech: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -40,6 +40,10 @@ from tinymm.preprocess.tokenizer import Tokenizer
 # is the audio's own but at least S seconds (Whisper was trained on 30 s windows and hallucinates on
 # very short contexts; the floor keeps enough of the padding it expects).
 AUDIO_CONTEXTS = ("full", "clip")
+# The default, from benchmarks/results/whisper_audio_context.md: on 60 synthesized 1-5 s commands
+# whisper-base's WER was 31.5% with the full window, 28.4% with "clip:10" at a quarter of the
+# latency, 706% with "clip:5" and 2982% with "clip" (it repeats itself to the end of the context).
+DEFAULT_AUDIO_CONTEXT = "clip:10"
 AUDIO_CONTEXT_STEP_FRAMES = 128  # "clip" rounds the frames up to a multiple of this (1.28 s, 64 encoder positions)
 WINDOW_SECONDS = 30.0  # a Whisper window: window_frames feature frames
 NO_SPEECH_THRESHOLD = 0.6  # whisper: a window is silent when no_speech_prob is above this ...
@@ -117,7 +121,7 @@ class TranscribeOptions:
     beam_size: int = 1  # 1: greedy search; more: beam search over that many hypotheses
     no_speech_threshold: float | None = NO_SPEECH_THRESHOLD  # None: never reject a window as silent
     logprob_threshold: float | None = LOGPROB_THRESHOLD  # rejection needs avg_logprob below this; None: any
-    audio_context: str = "full"  # one of AUDIO_CONTEXTS
+    audio_context: str = DEFAULT_AUDIO_CONTEXT  # "full", "clip" or "clip:S" (check_audio_context)
 
     def __post_init__(self) -> None:
         if self.language is not None and (not isinstance(self.language, str) or not self.language):

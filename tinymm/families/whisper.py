@@ -5,7 +5,8 @@ Data path (``WhisperPipeline._transcribe`` holds it end to end)::
     audio (path, WAV bytes or (samples,) array) -> mono at 16 kHz             [AudioPreprocessor.waveform]
     -> 30 s windows from the seek: samples [seek * hop, (seek + 3000) * hop), padded with zeros
        -> log-mel (n_mels, 3000) per window (the max - 8 clamp per window)    [AudioPreprocessor.features]
-    -> encoder over the window's frames: all 3000 (audio_context "full"), or the audio's own
+    -> encoder over the window's frames: all 3000 (audio_context "full"), at least 10 s of them
+       (the default "clip:10", measured: benchmarks/results/whisper_audio_context.md), or the audio's own
        rounded up to 128 frames ("clip", whisper.cpp's audio_ctx) -> (N, frames / 2, d_model)
     -> decoder: the no-speech probability and (when not given) the language at the start token,
        the start sequence forced, then greedy or beam search with Whisper's logit filters
@@ -35,6 +36,7 @@ import numpy as np
 from tinymm.backends.base import GPU_PROVIDERS, Session
 from tinymm.decoding.inference import ENCODER_STATES_LAYOUT, check_decoder_layout, count_layers
 from tinymm.decoding.whisper_task import (
+    DEFAULT_AUDIO_CONTEXT,
     check_audio_context,
     TranscribeOptions,
     WhisperDecoder,
@@ -111,7 +113,7 @@ class WhisperPipeline:
     """
 
     family = "speech"
-    transcribe_options = ("language", "task", "timestamps", "beam_size")  # keywords beyond SpeechPipeline's
+    transcribe_options = ("language", "task", "timestamps", "beam_size", "audio_context")  # beyond SpeechPipeline's
 
     def __init__(
         self,
@@ -124,7 +126,7 @@ class WhisperPipeline:
         decoder_with_past: Session | None = None,
         intent_parser: IntentParser | None = None,
         name: str = "whisper",
-        audio_context: str = "full",
+        audio_context: str = DEFAULT_AUDIO_CONTEXT,
         features_name: str = "input_features",
         states_name: str = "encoder_hidden_states",
         device_cache: bool = False,
