@@ -240,3 +240,11 @@ def test_the_vad_bundle_is_refused_where_a_transcript_is_needed(capsys):
     for argv in (["transcribe", str(SAMPLE)], ["command", str(SAMPLE)], ["listen", str(SAMPLE)]):
         assert main([*argv, "--bundle", str(VAD_BUNDLE)]) == EXIT_BUNDLE
         assert "does not do" in capsys.readouterr().err
+
+
+def test_a_rejected_spoken_question_says_so():
+    from tinymm.pipelines.results import CommandResult, SpokenAnswerResult, TranscriptResult
+
+    heard = TranscriptResult("", (), 0.0, 1.0, rejected=True, reject_reason="no_speech")
+    payload = SpokenAnswerResult(CommandResult(heard, None, rejected=True, reject_reason="no_speech"), None).to_dict()
+    assert payload["rejected"] is True and payload["reject_reason"] == "no_speech" and payload["answer"] is None

@@ -1,7 +1,9 @@
 """Pipelines: one readable data path per task, from raw inputs to results with timings.
 
 - ``VisionLanguagePipeline``: ``caption``, ``ask``, ``classify``, ``embed_image``, ``embed_text``;
-- ``SpeechPipeline``: ``transcribe``, ``command`` (transcript + intent);
+- ``SpeechPipeline``: ``transcribe``, ``command`` (transcript + intent; rejected when the VAD hears
+  no speech or the command scores under ``reject_threshold``);
+- ``SileroVAD``: speech probabilities per 32 ms window (the ``silero-vad`` bundle);
 - ``SpokenQuestionPipeline``: ``ask(image, audio)``, a spoken question about an image;
 - ``load(name_or_path, ...)``: the pipeline of a bundle's architecture (also ``tinymm.load``),
   with ``LoadOptions`` (``load_options``: the loading flags the task subcommands share).
@@ -39,6 +41,7 @@ _EXPORTS = {
     "TranscriptResult": "results",
     "SpeechPipeline": "speech",
     "SpeechSettings": "speech",
+    "SileroVAD": "vad",
     "SpokenQuestionPipeline": "spoken_question",
     "VisionLanguagePipeline": "vision_language",
     "VisionLanguageSettings": "vision_language",
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
         TranscriptResult,
     )
     from tinymm.pipelines.speech import SpeechPipeline, SpeechSettings
+    from tinymm.pipelines.vad import SileroVAD
     from tinymm.pipelines.spoken_question import SpokenQuestionPipeline
     from tinymm.pipelines.vision_language import (
         VisionLanguagePipeline,
@@ -73,6 +77,7 @@ __all__ = [
     "Segment",
     "SpeechPipeline",
     "SpeechSettings",
+    "SileroVAD",
     "SpokenAnswerResult",
     "SpokenQuestionPipeline",
     "Timings",

@@ -292,6 +292,8 @@ class SpokenAnswerResult:
         return {
             "transcript": heard["transcript"],
             "intent": heard["intent"],
+            "rejected": heard["rejected"],  # the speech was not trusted (no speech, low score): no question
+            "reject_reason": heard["reject_reason"],
             "question": self.question,
             "answer": None if self.answer is None else self.answer.answer,
             "confidence": None if self.answer is None else _score(math.exp(self.answer.mean_logprob)),

@@ -189,7 +189,8 @@ class SileroVAD:
         return np.concatenate([stream.accept(samples), stream.flush()])
 
     def activity(self, samples: np.ndarray, sample_rate: int | None = None) -> SpeechActivity:
-        """The speech found in one (samples,) float clip."""
+        """The speech found in one (samples,) float clip in [-1, 1] at ``sample_rate`` (default: the model's)."""
+        samples = np.asarray(samples, dtype=np.float32)
         if samples.ndim != 1:
             raise InputError(f"VAD takes (samples,) mono audio, got shape {samples.shape}")
         probs = self.speech_probs(samples, sample_rate)
