@@ -1,7 +1,8 @@
 """Bundle names: a name that is not an existing path is looked up in two places, in this order.
 
 1. the default bundles shipped with tinymm, ``tinymm/assets/bundles/<name>`` (``scene-vlm``,
-   ``speech-commands``; a source checkout builds them with scripts/make_default_bundles.py);
+   ``speech-commands``; a source checkout builds them with scripts/make_default_bundles.py; and
+   ``silero-vad``, which speech-commands names: scripts/make_vad_bundle.py);
 2. the user's bundle directory (``user_bundle_dir()``): ``$TINYMM_BUNDLE_DIR`` when set, else
    ``$XDG_DATA_HOME/tinymm/bundles`` when that is an absolute path, else
    ``~/.local/share/tinymm/bundles``. Bundles made on this machine go there (for instance
