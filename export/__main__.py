@@ -21,23 +21,21 @@ export/LAYOUT.md for the bundle layout.
 from __future__ import annotations
 
 import argparse
-import logging
 import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from export.cli_args import precision_list
-from tinymm.errors import EXIT_USAGE, TinymmError
+from export.cli_args import configure_logging, export_failed, precision_list, set_torch_threads, usage_error
+from tinymm.errors import TinymmError
 
 DEFAULT_MAX_DROP = 1.0  # metric points; the same as export.accuracy_gate.DEFAULT_MAX_DROP (checked by a test)
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PROG = "python -m export"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m export",
+        prog=PROG,
         description="Export a train/ checkpoint (model.safetensors + config.json) to a tinymm bundle: ONNX "
         "components, parity checks against torch, golden pairs, optional fp16/int8 variants, model card.",
     )
@@ -90,21 +88,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return hf_main(argv[1:])
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=LOG_FORMAT)
+    configure_logging(args.verbose)
     try:
         from export.bundle_build import ExportRequest, build_bundle
         from export.onnx_common import ExportOptions, SampleOptions
         from export.task_eval import GateOptions
 
-        if args.threads < 0:
-            sys.stderr.write(f"python -m export: error: --threads {args.threads} must be >= 0\n")
-            return EXIT_USAGE
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-
         try:
+            set_torch_threads(args.threads)
             gate = GateOptions(
                 max_metric_drop=DEFAULT_MAX_DROP if args.max_metric_drop is None else args.max_metric_drop,
                 eval_samples=args.eval_samples,
@@ -118,14 +109,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 command=shlex.join(["python", "-m", "export", *argv]), gate=gate,
             )
         except ValueError as e:
-            sys.stderr.write(f"python -m export: error: {e}\n")
-            return EXIT_USAGE
+            return usage_error(PROG, e)
         bundle = build_bundle(request)
     except TinymmError as e:
-        sys.stderr.write(f"python -m export: error: {e}\n")
-        if args.verbose:
-            logging.getLogger(__name__).exception("export failed")
-        return e.exit_code
+        return export_failed(PROG, e, args.verbose)
     sys.stderr.write(f"wrote bundle {bundle.name!r} to {bundle.root} ({bundle.manifest.total_bytes} bytes, verified)\n")
     return 0
 

@@ -46,16 +46,17 @@ from typing import Any, Mapping
 from tqdm import tqdm
 
 from export.golden import TOLERANCES, GoldenRecord, evaluate_variant, record_golden, write_golden
-from export.onnx_common import ExportError, ExportOptions, Prepared, SampleOptions, export_onnx
+from export.onnx_common import (
+    ExportError, ExportOptions, Prepared, SampleOptions, bundle_name, export_onnx, shipped_precisions,
+)
 from export.parity import ParityError, check_parity, component_parity, load_session
 from export.share_weights import share_decoder_weights
 from export.task_eval import GateOptions, TaskEvaluator
-from export.task_eval_card import gate_lines, task_lines
+from export.task_eval_card import bytes_per_precision, gate_lines, task_lines
 from export.task_eval_gate import GOLDEN_METRIC, Int8Variants, build_int8_variants, task_metrics
 from export.task_evaluators import make_task_evaluator, missing_test_split
 from tinymm import __version__
-from tinymm.bundle import PRECISIONS, Bundle, BundleWriter, read_bundle, verify_bundle
-from tinymm.bundle.validate import NAME_HINT
+from tinymm.bundle import Bundle, BundleWriter, read_bundle, verify_bundle
 from tinymm.commands.verify import GoldenResult
 from tinymm.errors import InputError
 from tinymm.hashing import sha256_file
@@ -92,10 +93,7 @@ class ExportRequest:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
-        unknown = [p for p in self.precisions if p not in PRECISIONS]
-        if unknown or not self.precisions:
-            raise ValueError(f"precisions={list(self.precisions)} must name some of {list(PRECISIONS)}")
-        object.__setattr__(self, "precisions", tuple(p for p in PRECISIONS if p in {"fp32", *self.precisions}))
+        object.__setattr__(self, "precisions", shipped_precisions(self.precisions))
 
 
 def _search_dirs(checkpoint: Path) -> list[Path]:
@@ -242,16 +240,6 @@ def _versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
-def bundle_name(request: ExportRequest) -> str:
-    """The --name, or the output directory's name made into a valid bundle name."""
-    if request.name is not None:
-        return request.name
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in request.out.name).lstrip("._-")
-    if not cleaned:
-        raise InputError(f"cannot derive a bundle name from {request.out}; pass --name ({NAME_HINT})")
-    return cleaned
-
-
 def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, Path]],
                 shared_weights: Mapping[str, Path], golden: Mapping[str, Mapping[str, GoldenResult]],
                 provenance: Mapping[str, Any]) -> str:
@@ -275,9 +263,8 @@ def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, 
     for precision, path in shared_weights.items():
         lines.append(f"| decoder weights (shared by both decoder graphs) | {precision} | {path.name} | "
                      f"{path.stat().st_size} | | | |")
-    total = {p: sum(v[p].stat().st_size for v in files.values() if p in v)
-             + (shared_weights[p].stat().st_size if p in shared_weights else 0) for p in PRECISIONS}
-    lines += ["", "Total model bytes per precision (ONNX files and shared weights): " + ", ".join(f"{p} {n}" for p, n in total.items() if n), "",
+    total = bytes_per_precision(files, shared_weights)
+    lines += ["", "Total model bytes per precision (ONNX files and shared weights): " + ", ".join(f"{p} {n}" for p, n in total.items()), "",
               *task_lines(provenance["export"]["task_eval"], files, shared_weights),
               *gate_lines(parity.get("int8_gate", {})),
               "## Parity of the fp32 export with torch", "",
@@ -305,7 +292,7 @@ def build_bundle(request: ExportRequest) -> Bundle:
     """Export the checkpoint of ``request`` into a verified bundle at ``request.out``; returns it."""
     started = time.perf_counter()
     prepared = prepare(request)
-    name = bundle_name(request)
+    name = bundle_name(request.name, request.out)
     quantized = [p for p in request.precisions if p != "fp32"]
     steps = len(prepared.graphs) * (1 + len(quantized)) + 2  # exports, variants, parity, write
     # The writer checks the destination now, before minutes of work; it publishes only at the end.

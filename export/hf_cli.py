@@ -16,22 +16,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from tinymm.errors import EXIT_USAGE, TinymmError
+from export.cli_args import configure_logging, export_failed, precision_list, set_torch_threads, usage_error
+from tinymm.errors import TinymmError
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PROG = "python -m export hf"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from export.cli_args import precision_list
-
     parser = argparse.ArgumentParser(
-        prog="python -m export hf",
+        prog=PROG,
         description="Export a downloaded public checkpoint (Whisper: CTranslate2 or Hugging Face directory) to a "
         "verified tinymm bundle: ONNX components, parity with torch/transformers, golden pairs, fp16/int8 variants.")
     parser.add_argument("source", type=Path, help="checkpoint directory (e.g. a CTranslate2 whisper-base)")
@@ -63,33 +61,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str]) -> int:
     argv = list(argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format=LOG_FORMAT)
+    configure_logging(args.verbose)
     try:
         from export.families import HFExportRequest, export_source
         from export.onnx_common import ExportOptions
 
-        if args.threads < 0:
-            sys.stderr.write(f"python -m export hf: error: --threads {args.threads} must be >= 0\n")
-            return EXIT_USAGE
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
         try:
+            set_torch_threads(args.threads)
             request = HFExportRequest(
                 source=args.source, out=args.out, precisions=args.precision, data_dir=args.data, name=args.name,
                 force=args.force, options=ExportOptions(opset=args.opset, exporter=args.exporter),
                 progress=not args.no_progress, command=shlex.join(["python", "-m", "export", "hf", *argv]),
                 seed=args.seed, max_metric_drop=args.max_metric_drop, eval_samples=args.eval_samples)
         except ValueError as e:
-            sys.stderr.write(f"python -m export hf: error: {e}\n")
-            return EXIT_USAGE
+            return usage_error(PROG, e)
         result = export_source(request)
     except TinymmError as e:
-        sys.stderr.write(f"python -m export hf: error: {e}\n")
-        if args.verbose:
-            logging.getLogger(__name__).exception("export failed")
-        return e.exit_code
+        return export_failed(PROG, e, args.verbose)
     if args.json:
         sys.stdout.write(json.dumps(result.summary, indent=2) + "\n")
     sys.stderr.write(f"wrote bundle {result.bundle.name!r} to {result.bundle.root} "

@@ -37,7 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinymm.bundle import Component, Preprocess, TensorSpec, Variant
+from tinymm.bundle import PRECISIONS, Component, Preprocess, TensorSpec, Variant
+from tinymm.bundle.validate import NAME_HINT
 from tinymm.errors import InputError, TinymmError
 
 logger = logging.getLogger(__name__)
@@ -97,6 +98,25 @@ class SampleOptions:
                 raise ValueError(f"SampleOptions.{name}={value!r} must be a positive integer")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"SampleOptions.seed={self.seed!r} must be an integer >= 0")
+
+
+def shipped_precisions(precisions: Sequence[str]) -> tuple[str, ...]:
+    """The precisions an export request ships: ``precisions`` and fp32 (always written), in PRECISIONS
+    order; ValueError when ``precisions`` is empty or names an unknown one."""
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        raise ValueError(f"precisions={list(precisions)} must name some of {list(PRECISIONS)}")
+    return tuple(p for p in PRECISIONS if p in {"fp32", *precisions})
+
+
+def bundle_name(name: str | None, out: Path) -> str:
+    """``name`` (--name), or the output directory's name made into a valid bundle name."""
+    if name is not None:
+        return name
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in out.name).lstrip("._-")
+    if not cleaned:
+        raise InputError(f"cannot derive a bundle name from {out}; pass --name ({NAME_HINT})")
+    return cleaned
 
 
 def kv_names(prefix: str, num_layers: int) -> list[str]:

@@ -2,13 +2,16 @@
 
 Both read the JSON-ready provenance entries (``export.task_eval`` from
 ``task_eval_gate.task_metrics`` or its golden-cosine fallback, and ``export.parity.int8_gate``),
-so the card says exactly what the manifest records.
+so the card says exactly what the manifest records. ``bytes_per_precision`` is the size line
+that every exporter's card (export/bundle_build.py, export/whisper_card.py) writes.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping
+
+from tinymm.bundle import PRECISIONS
 
 SWEEP_ROWS = 8  # most sensitive nodes listed per component
 
@@ -17,6 +20,14 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value + 0.0:.2f}"  # + 0.0: no "-0.00"
     return "n/a" if value is None else str(value)
+
+
+def bytes_per_precision(files: Mapping[str, Mapping[str, Path]], shared_weights: Mapping[str, Path]) -> dict[str, int]:
+    """Bytes written per precision (its ONNX files and its shared decoder weights), in PRECISIONS order,
+    for the precisions some component has."""
+    written = {p for variants in files.values() for p in variants}
+    return {p: sum(v[p].stat().st_size for v in files.values() if p in v)
+            + (shared_weights[p].stat().st_size if p in shared_weights else 0) for p in PRECISIONS if p in written}
 
 
 def loaded_bytes(files: Mapping[str, Mapping[str, Path]], shared_weights: Mapping[str, Path], precision: str) -> int:

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 from tinymm.bundle import Preprocess
 from tinymm.preprocess.config import TextConfig
 
+from export.task_eval_card import bytes_per_precision
 from export.whisper_clips import whisper_audio_config
 from export.whisper_source import TOKENIZER_FILE, WhisperSource
 
@@ -82,12 +83,6 @@ def whisper_preprocess(source: WhisperSource) -> Preprocess:
     return Preprocess(audio=whisper_audio_config(source.model.config.num_mel_bins), text=text)
 
 
-def _sizes(files: Mapping[str, Mapping[str, Path]], shared: Mapping[str, Path]) -> dict[str, int]:
-    precisions = {p for variants in files.values() for p in variants}
-    return {p: sum(v[p].stat().st_size for v in files.values() if p in v)
-            + (shared[p].stat().st_size if p in shared else 0) for p in sorted(precisions)}
-
-
 def model_card(name: str, source: WhisperSource, files: Mapping[str, Mapping[str, Path]],
                shared: Mapping[str, Path], golden: Mapping[str, Mapping[str, Any]],
                provenance: Mapping[str, Any]) -> str:
@@ -117,7 +112,7 @@ def model_card(name: str, source: WhisperSource, files: Mapping[str, Mapping[str
         lines.append(f"| decoder weights (shared by both decoders) | {precision} | {path.name} | "
                      f"{path.stat().st_size} | | |")
     lines += ["", "Bytes per precision (ONNX files and shared weights): "
-              + ", ".join(f"{p} {n}" for p, n in _sizes(files, shared).items()), "",
+              + ", ".join(f"{p} {n}" for p, n in bytes_per_precision(files, shared).items()), "",
               "## Parity of the fp32 export", "",
               "| component | random inputs max abs | real inputs max abs | min cosine |", "|---|---:|---:|---:|"]
     for component, entry in parity["components"].items():

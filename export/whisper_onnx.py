@@ -26,23 +26,12 @@ from torch.nn import functional as F
 from export.onnx_common import ComponentGraph, kv_names
 from tinymm.bundle import TensorSpec
 from tinymm.errors import InputError
+from train.models.layers import merge_heads, split_heads
 
 CONV_STRIDE = 2  # conv2 halves the frames: enc_frames = frames / 2
 SUPPORTED_ACTIVATION = "gelu"  # exact (erf) GELU, every released Whisper
 # Example sizes used for tracing: every dynamic dimension >= 2 so none is frozen to 1.
 EXAMPLE_BATCH, EXAMPLE_FRAMES, EXAMPLE_SEQ, EXAMPLE_PAST, EXAMPLE_NEW = 2, 8, 3, 3, 2
-
-
-def _heads(x: torch.Tensor, nh: int) -> torch.Tensor:
-    """(B, T, C) -> (B, nh, T, hs)."""
-    b, t, c = x.shape
-    return x.view(b, t, nh, c // nh).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    """(B, nh, T, hs) -> (B, T, C)."""
-    b, nh, t, hs = x.shape
-    return x.transpose(1, 2).reshape(b, t, nh * hs)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -79,17 +68,17 @@ class _Whisper(nn.Module):
                        past: tuple[torch.Tensor, torch.Tensor] | None = None,
                        masked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(out (B, T, C), key, value (B, nh, past+T, hs)) of self-attention over the cache and ``x``."""
-        q, k, v = (_heads(proj(x), nh) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        q, k, v = (split_heads(proj(x), nh) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-        return attn.out_proj(_merge(_attend(q, k, v, scale, masked))), k, v
+        return attn.out_proj(merge_heads(_attend(q, k, v, scale, masked))), k, v
 
     def cross_kv(self, encoder_states: torch.Tensor) -> list[torch.Tensor]:
         """[k0, v0, k1, v1, ...], each (B, nh, enc_frames, hs): every decoder layer's cross-attention keys/values."""
         out = []
         for layer in self.decoder.layers:
-            out += [_heads(layer.encoder_attn.k_proj(encoder_states), self.dec_heads),
-                    _heads(layer.encoder_attn.v_proj(encoder_states), self.dec_heads)]
+            out += [split_heads(layer.encoder_attn.k_proj(encoder_states), self.dec_heads),
+                    split_heads(layer.encoder_attn.v_proj(encoder_states), self.dec_heads)]
         return out
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
@@ -120,9 +109,9 @@ class _Whisper(nn.Module):
                                              self.dec_scale, cache, masked)
             x = x + out
             present += [k, v]
-            q = _heads(layer.encoder_attn.q_proj(layer.encoder_attn_layer_norm(x)), self.dec_heads)
+            q = split_heads(layer.encoder_attn.q_proj(layer.encoder_attn_layer_norm(x)), self.dec_heads)
             attended = _attend(q, cross[2 * i], cross[2 * i + 1], self.dec_scale)
-            x = x + layer.encoder_attn.out_proj(_merge(attended))
+            x = x + layer.encoder_attn.out_proj(merge_heads(attended))
             x = x + layer.fc2(F.gelu(layer.fc1(layer.final_layer_norm(x))))
         logits = torch.matmul(dec.layer_norm(x), self.table)  # tied output head, (B, new, V)
         return logits, present

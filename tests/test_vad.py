@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import json
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import pytest
 
 from tinymm.bundle.names import DEFAULT_BUNDLES_DIR
 from tinymm.cli import main
+from tinymm.commands.bench import write_wav
 from tinymm.errors import EXIT_OK, EXIT_USAGE
 
 VAD_BUNDLE = DEFAULT_BUNDLES_DIR / "silero-vad"
@@ -52,15 +52,6 @@ def speech():
 
 def _noise(seconds: float = 2.0, dbfs: float = -20.0, seed: int = 0) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(int(seconds * RATE)) * 10 ** (dbfs / 20)).astype(np.float32)
-
-
-def _wav(path: Path, samples: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
 
 
 # ---- the model and its state ------------------------------------------------------------------------
@@ -173,7 +164,8 @@ def _run(capsys, *argv: str) -> tuple[int, str]:
 
 
 def test_cli_command_json_carries_the_rejection(tmp_path, capsys):
-    noise = _wav(tmp_path / "noise.wav", _noise())
+    noise = tmp_path / "noise.wav"
+    write_wav(noise, _noise(), RATE)
     code, out = _run(capsys, "command", str(noise), "--json")
     payload = json.loads(out)
     assert code == EXIT_OK and payload["rejected"] is True and payload["reject_reason"] == "no_speech"
@@ -210,7 +202,8 @@ def test_listen_emits_nothing_for_steady_noise_and_finds_the_command(tmp_path, c
     # Quiet padding for the energy detector, which counts -40 dBFS noise as speech (the score then rejects
     # the long cut: what the silero default avoids).
     quiet = np.concatenate([_noise(1.0, -70.0), samples.reshape(-1), _noise(1.0, -70.0, seed=1)])
-    path = _wav(tmp_path / "stream.wav", quiet)
+    path = tmp_path / "stream.wav"
+    write_wav(path, quiet, RATE)
     for detector in ("silero", "energy"):
         code, out = _run(capsys, "listen", str(path), "--vad", detector, "--json")
         lines = [json.loads(line) for line in out.splitlines()]

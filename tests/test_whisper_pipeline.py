@@ -12,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import wave
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import tinymm
+from tinymm.commands.bench import write_wav
 from tinymm.decoding.whisper_task import TranscribeOptions
 from tinymm.errors import InputError
 
@@ -283,19 +282,11 @@ def test_bad_options_are_input_errors(pipeline):
         pipeline.transcribe([], RATE)
 
 
-def _write_wav(path: Path, audio: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(RATE)
-        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
-    return path
-
-
 def test_cli_transcribe_takes_whisper_flags_and_prints_segments(whisper, tmp_path, capsys):
     from tinymm.cli import main
 
-    clip = _write_wav(tmp_path / "clip.wav", _clip("bursts", 4.0, seed=3))
+    clip = tmp_path / "clip.wav"
+    write_wav(clip, _clip("bursts", 4.0, seed=3), RATE)
     code = main(["transcribe", str(clip), "--bundle", str(whisper.bundle), "--language", "de", "--timestamps",
                  "--beam-size", "2", "--json"])
     payload = json.loads(capsys.readouterr().out)
@@ -314,6 +305,7 @@ def test_cli_transcribe_takes_whisper_flags_and_prints_segments(whisper, tmp_pat
 def test_cli_refuses_whisper_flags_for_a_ctc_bundle(tmp_path, capsys):
     from tinymm.cli import main
 
-    clip = _write_wav(tmp_path / "clip.wav", _clip("noise", 1.0))
+    clip = tmp_path / "clip.wav"
+    write_wav(clip, _clip("noise", 1.0), RATE)
     assert main(["transcribe", str(clip), "--language", "en"]) == 2  # the default speech bundle is CTC
     assert "does not take --language: only Whisper bundles do" in capsys.readouterr().err

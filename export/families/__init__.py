@@ -15,8 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from export.onnx_common import ExportOptions
-from tinymm.bundle import PRECISIONS
+from export.onnx_common import ExportOptions, shipped_precisions
 from tinymm.errors import InputError
 
 FAMILY_MODULES = ("export.families.whisper",)  # tried in this order
@@ -45,23 +44,11 @@ class HFExportRequest:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value))
-        unknown = [p for p in self.precisions if p not in PRECISIONS]
-        if unknown or not self.precisions:
-            raise ValueError(f"precisions={list(self.precisions)} must name some of {list(PRECISIONS)}")
-        object.__setattr__(self, "precisions", tuple(p for p in PRECISIONS if p in {"fp32", *self.precisions}))
+        object.__setattr__(self, "precisions", shipped_precisions(self.precisions))
         if self.eval_samples is not None and (isinstance(self.eval_samples, bool) or self.eval_samples < 1):
             raise ValueError(f"eval_samples={self.eval_samples!r} must be a positive integer")
         if self.max_metric_drop is not None and not self.max_metric_drop >= 0:
             raise ValueError(f"max_metric_drop={self.max_metric_drop!r} must be >= 0 points")
-
-    def bundle_name(self) -> str:
-        """``name``, or the output directory's name made into a valid bundle name."""
-        if self.name is not None:
-            return self.name
-        cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in self.out.name).lstrip("._-")
-        if not cleaned:
-            raise InputError(f"cannot derive a bundle name from {self.out}; pass --name")
-        return cleaned
 
 
 @dataclass(frozen=True, eq=False)

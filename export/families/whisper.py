@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from export.families import ExportResult, HFExportRequest
 from export.golden import GoldenRecord, record_golden
-from export.onnx_common import export_onnx
+from export.onnx_common import bundle_name, export_onnx
 from export.parity import ParityError, load_session
 from export.share_weights import WEIGHTS_STEM, WEIGHTS_SUFFIX, share_initializers
 from export.whisper_card import LICENSE_FILE, WHISPER_LICENSE, model_card, whisper_model_info, whisper_preprocess
@@ -258,7 +258,7 @@ def export(request: HFExportRequest) -> ExportResult:
             writer.add_arrays(record.inputs_file, record.inputs)
             writer.add_arrays(record.outputs_file, record.outputs)
         pairs = [golden_pair(records[c], list(v)) for c, v in files.items()]
-        name = request.bundle_name()
+        name = bundle_name(request.name, request.out)
         writer.add_text("README.md", model_card(name, source, files, shared, golden, provenance))
         writer.write(name=name, family=FAMILY, tasks=TASKS, components=components,
                      preprocess=whisper_preprocess(source), golden=pairs, provenance=provenance,

@@ -15,12 +15,12 @@ runs the bundles it was checked with.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Mapping
 
 from tinymm.bundle.archive import ARCHIVE_SUFFIXES
 from tinymm.bundle.errors import BundleNotFoundError
+from tinymm.user_cache import user_dir
 
 DEFAULT_BUNDLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "bundles"
 DEFAULT_VISION_BUNDLE = "scene-vlm"  # the vision-language bundle the task subcommands use by default
@@ -38,13 +38,7 @@ def user_bundle_dir(environ: Mapping[str, str] | None = None) -> Path:
     ``$TINYMM_BUNDLE_DIR`` when set, else ``$XDG_DATA_HOME/tinymm/bundles`` when that is an
     absolute path (the XDG spec ignores relative ones), else ``~/.local/share/tinymm/bundles``.
     """
-    env = os.environ if environ is None else environ
-    explicit = env.get(BUNDLE_DIR_ENV, "").strip()
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = env.get(XDG_DATA_ENV, "").strip()
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else FALLBACK_DATA_DIR.expanduser()
-    return base / USER_BUNDLES_SUBDIR
+    return user_dir(BUNDLE_DIR_ENV, XDG_DATA_ENV, FALLBACK_DATA_DIR, USER_BUNDLES_SUBDIR, environ)
 
 
 def bundle_names_in(directory: Path) -> tuple[str, ...]:

@@ -48,7 +48,7 @@ from tinymm.decoding.whisper_task import (
 from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.results import CommandResult, Segment, StageTimer, TranscriptResult
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
-from tinymm.preprocess.audio import AudioPreprocessor, frame_count
+from tinymm.preprocess.audio import AudioPreprocessor, audio_batch, frame_count
 from tinymm.preprocess.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
@@ -93,15 +93,6 @@ def _check_decoder_roles(bundle: Bundle) -> None:
                     f"bundle {bundle.name!r}: {component} role {role!r} is {declared!r}, but this tinymm feeds "
                     f"{tensor!r} (the Whisper bundle contract); re-export the bundle"
                 )
-
-
-def _as_batch(audio: Any) -> tuple[list[Any], bool]:
-    """(clips, whether one clip was given) of one clip or a list of them."""
-    if isinstance(audio, (list, tuple)):
-        if not audio:
-            raise InputError("got an empty list of audio clips; pass at least one")
-        return list(audio), False
-    return [audio], True
 
 
 class WhisperPipeline:
@@ -222,7 +213,7 @@ class WhisperPipeline:
             InputError: unreadable, empty or too long audio; an unknown language or task; a bad beam size.
         """
         options = self._options(language, task, timestamps, beam_size, audio_context)
-        clips, single = _as_batch(audio)
+        clips, single = audio_batch(audio)
         results = self._transcribe_each(clips, sample_rate, options)
         return results[0] if single else results
 
@@ -234,7 +225,7 @@ class WhisperPipeline:
         The intent is parsed from the free transcript (Whisper decodes no command grammar).
         """
         options = self._options(language, "transcribe", False, beam_size, None)
-        clips, single = _as_batch(audio)
+        clips, single = audio_batch(audio)
         results = [CommandResult(t, self.intent_parser.parse(t.text)) for t in self._transcribe_each(clips, sample_rate, options)]
         return results[0] if single else results
 
@@ -257,22 +248,12 @@ class WhisperPipeline:
             tokens.sot_sequence(language, task, timestamps)
         return options
 
-    def _waveforms(self, clips: list[Any], sample_rate: int | None) -> list[np.ndarray]:
-        waves = []
-        for i, clip in enumerate(clips):
-            try:
-                waves.append(self.preprocessor.waveform(clip, sample_rate))  # (samples,) float32 mono
-            except InputError as e:
-                if len(clips) == 1:
-                    raise
-                raise InputError(f"clip {i} of the batch of {len(clips)}: {e}") from e
-        return waves
-
     def _transcribe(self, clips: list[Any], sample_rate: int | None, options: TranscribeOptions) -> list[TranscriptResult]:
         """The data path: load, then rounds of (window features, encode, decode, segments) until every clip is done."""
         timer = StageTimer()
         hop, window = self.preprocessor.config.hop_length, self.settings.window_frames
-        states = [_Clip(w, max(1, len(w) // hop), options.language) for w in self._waveforms(clips, sample_rate)]
+        waves = self.preprocessor.waveforms(clips, sample_rate)  # (samples,) float32 mono each
+        states = [_Clip(w, max(1, len(w) // hop), options.language) for w in waves]
         while True:
             pending = [s for s in states if s.seek < s.content_frames]
             if not pending:

@@ -41,7 +41,7 @@ from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.load_options import LoadOptions
 from tinymm.pipelines.results import CommandResult, StageTimer, TranscriptResult
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
-from tinymm.preprocess.audio import AudioPreprocessor, batch_features
+from tinymm.preprocess.audio import AudioPreprocessor, audio_batch, batch_features
 from tinymm.preprocess.text import Tokenizer
 
 if TYPE_CHECKING:
@@ -208,7 +208,7 @@ class SpeechPipeline:
         Raises:
             InputError: unreadable, empty, too short or too long audio.
         """
-        clips, single = self._as_batch(audio)
+        clips, single = audio_batch(audio)
         results = self._transcribe(clips, sample_rate)
         return results[0] if single else results
 
@@ -222,7 +222,7 @@ class SpeechPipeline:
         pipeline's ``reject_threshold``; 0 keeps every parsed intent).
         """
         threshold = self.reject_threshold if reject_threshold is None else check_reject_threshold(reject_threshold)
-        clips, single = self._as_batch(audio)
+        clips, single = audio_batch(audio)
         results = [self._gate(t, threshold) for t in self._transcribe(clips, sample_rate)]
         return results[0] if single else results
 
@@ -236,25 +236,10 @@ class SpeechPipeline:
             return CommandResult(transcript, None, rejected=True, reject_reason=LOW_CONFIDENCE, score=score)
         return CommandResult(transcript, intent, score=score)
 
-    @staticmethod
-    def _as_batch(audio: Any) -> tuple[list[Any], bool]:
-        if isinstance(audio, (list, tuple)):
-            if not audio:
-                raise InputError("got an empty list of audio clips; pass at least one")
-            return list(audio), False
-        return [audio], True
-
     def _transcribe(self, clips: list[Any], sample_rate: int | None) -> list[TranscriptResult]:
         """The data path: load, VAD, log-mel, encode, CTC best path, detokenize, lexicon, grammar."""
         timer = StageTimer()
-        waves = []
-        for i, clip in enumerate(clips):
-            try:
-                waves.append(self.preprocessor.waveform(clip, sample_rate))  # (samples,) float32 mono
-            except InputError as e:
-                if len(clips) == 1:
-                    raise
-                raise InputError(f"clip {i} of the batch of {len(clips)}: {e}") from e
+        waves = self.preprocessor.waveforms(clips, sample_rate)  # (samples,) float32 mono each
         ratios: list[float | None] = [None] * len(waves)
         speech = list(range(len(waves)))  # the clips the encoder hears
         if self.vad is not None:

@@ -186,6 +186,19 @@ def batch_features(features: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarr
     return out, lengths
 
 
+def audio_batch(audio: AudioSource | Sequence[AudioSource]) -> tuple[list[AudioSource], bool]:
+    """(clips, whether one clip was given) of one ``load_audio`` source or a list/tuple of them.
+
+    Raises:
+        InputError: an empty list.
+    """
+    if isinstance(audio, (list, tuple)):
+        if not audio:
+            raise InputError("got an empty list of audio clips; pass at least one")
+        return list(audio), False
+    return [audio], True
+
+
 class AudioPreprocessor:
     """Turns audio into the (N, n_mels, frames) log-mel batch an AudioConfig describes.
 
@@ -220,6 +233,22 @@ class AudioPreprocessor:
             source, sample_rate=sample_rate if is_array else None, max_seconds=self.config.max_seconds
         )
         return resample(to_mono(samples), rate, self.config.sample_rate)
+
+    def waveforms(self, clips: Sequence[AudioSource], sample_rate: int | None = None) -> list[np.ndarray]:
+        """``waveform`` of each clip: a list of (samples,) float32 mono arrays at config.sample_rate.
+
+        Raises:
+            InputError: as ``waveform``, naming the clip's position when there are several.
+        """
+        waves = []
+        for i, clip in enumerate(clips):
+            try:
+                waves.append(self.waveform(clip, sample_rate))
+            except InputError as e:
+                if len(clips) == 1:
+                    raise
+                raise InputError(f"clip {i} of the batch of {len(clips)}: {e}") from e
+        return waves
 
     def _check(self, waveform: np.ndarray) -> np.ndarray:
         if not isinstance(waveform, np.ndarray) or waveform.ndim != 1:

@@ -107,6 +107,26 @@ def _check_text(value: Any, what: str) -> str:
     return value
 
 
+def check_token_ids(ids: Any, vocab_size: int, what: str) -> list[int]:
+    """``ids`` (a sequence of ints or a 1-D integer array) as a list of ints in [0, vocab_size),
+    else InputError naming ``what``; both tokenizers (this module's and tokenizer.HFTokenizer) check ids with it."""
+    if isinstance(ids, np.ndarray):
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"{what} must be a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
+        values = ids.tolist()
+    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise InputError(f"{what} must be a sequence of token ids, got {type(ids).__name__}")
+    else:
+        bad = [v for v in ids if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
+        if bad:
+            raise InputError(f"{what} must hold integer token ids, got {bad[:3]!r}")
+        values = [int(v) for v in ids]
+    outside = [v for v in values if not 0 <= v < vocab_size]
+    if outside:
+        raise InputError(f"{what} has token id(s) {outside[:5]} outside the vocabulary [0, {vocab_size})")
+    return values
+
+
 def _prefix(text: str, length: int) -> str:
     """The first `length` characters of text, shortened so as not to split off a combining mark."""
     while 0 < length < len(text) and unicodedata.combining(text[length]):
@@ -189,7 +209,7 @@ class Tokenizer:
 
     def id_to_piece(self, token_id: int) -> str:
         """The piece (or special token name) of one token id."""
-        (token_id,) = self._check_ids([token_id], "token_id")
+        (token_id,) = check_token_ids([token_id], self._vocab_size, "token_id")
         if token_id in self._special_names:
             return self._special_names[token_id]
         return self._sp.id_to_piece(token_id)
@@ -208,7 +228,7 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Text of token ids (a list or a 1-D integer array), skipping bos, eos, pad and special tokens."""
-        kept = [i for i in self._check_ids(ids, "ids") if i not in self._skipped_on_decode]
+        kept = [i for i in check_token_ids(ids, self._vocab_size, "ids") if i not in self._skipped_on_decode]
         return self._sp.decode(kept)
 
     def encode_prompt(self, task: str, /, max_new_tokens: int = 0, **fields: str) -> np.ndarray:
@@ -269,7 +289,7 @@ class Tokenizer:
         rows = [
             self._sp.encode(_check_text(item, f"items[{i}]"))
             if isinstance(item, str)
-            else self._check_ids(item, f"items[{i}]")
+            else check_token_ids(item, self._vocab_size, f"items[{i}]")
             for i, item in enumerate(items)
         ]
         context = self.config.context_length
@@ -300,26 +320,6 @@ class Tokenizer:
         if template is None:
             raise InputError(f"unknown task {task!r}; the prompt templates cover {list(self._templates)}")
         return template
-
-    def _check_ids(self, ids: Any, what: str) -> list[int]:
-        """`ids` as a list of ints in [0, vocab_size), else InputError naming `what`."""
-        if isinstance(ids, np.ndarray):
-            if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-                raise InputError(f"{what} must be a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
-            values = ids.tolist()
-        elif isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
-            raise InputError(f"{what} must be a sequence of token ids, got {type(ids).__name__}")
-        else:
-            bad = [v for v in ids if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
-            if bad:
-                raise InputError(f"{what} must hold integer token ids, got {bad[:3]!r}")
-            values = [int(v) for v in ids]
-        out_of_range = [v for v in values if not 0 <= v < self._vocab_size]
-        if out_of_range:
-            raise InputError(
-                f"{what} has token id(s) {out_of_range[:5]} outside the vocabulary [0, {self._vocab_size})"
-            )
-        return values
 
     def _fill(self, template: PromptTemplate, fields: Mapping[str, str]) -> list[int]:
         """Token ids of the template filled with fields, with bos/eos per config."""

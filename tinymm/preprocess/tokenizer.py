@@ -20,6 +20,7 @@ import numpy as np
 
 from tinymm.errors import BundleError, InputError, TinymmError
 from tinymm.preprocess.config import TextConfig
+from tinymm.preprocess.text import Tokenizer as SentencePieceTokenizer, check_token_ids
 
 SENTENCEPIECE, HF_TOKENIZERS = "sentencepiece", "hf-tokenizers"  # the TextConfig.kind values
 _CONTROL_IDS = ("bos_id", "eos_id", "pad_id", "unk_id")
@@ -64,25 +65,6 @@ def _load_tokenizers_file(path: Path) -> Any:
         return tokenizers.Tokenizer.from_file(str(path))
     except Exception as e:  # the Rust side raises plain Exceptions for malformed JSON or models
         raise BundleError(f"tokenizer file {path} is not a valid Hugging Face tokenizer.json ({e}); re-export the bundle") from e
-
-
-def _as_ids(ids: Any, vocab_size: int, what: str) -> list[int]:
-    """``ids`` as a list of ints in [0, vocab_size), else InputError naming ``what``."""
-    if isinstance(ids, np.ndarray):
-        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-            raise InputError(f"{what} must be a 1-D integer array, got {ids.dtype} with shape {ids.shape}")
-        values = ids.tolist()
-    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
-        raise InputError(f"{what} must be a sequence of token ids, got {type(ids).__name__}")
-    else:
-        bad = [v for v in ids if isinstance(v, bool) or not isinstance(v, (int, np.integer))]
-        if bad:
-            raise InputError(f"{what} must hold integer token ids, got {bad[:3]!r}")
-        values = [int(v) for v in ids]
-    outside = [v for v in values if not 0 <= v < vocab_size]
-    if outside:
-        raise InputError(f"{what} has token id(s) {outside[:5]} outside the vocabulary [0, {vocab_size})")
-    return values
 
 
 class HFTokenizer:
@@ -138,14 +120,14 @@ class HFTokenizer:
         skip_special_tokens: drop the tokenizer's special tokens, the config's bos/eos/pad and its
         ``special_tokens`` ids (True), or render them as their names (False).
         """
-        values = _as_ids(ids, self._vocab_size, "ids")
+        values = check_token_ids(ids, self._vocab_size, "ids")
         if skip_special_tokens:
             values = [i for i in values if i not in self._skipped_on_decode]
         return self._tok.decode(values, skip_special_tokens=skip_special_tokens)
 
     def id_to_piece(self, token_id: int) -> str:
         """The vocabulary entry of one id (a byte-level token such as "Ġhello", or "<|en|>")."""
-        (value,) = _as_ids([token_id], self._vocab_size, "token_id")
+        (value,) = check_token_ids([token_id], self._vocab_size, "token_id")
         piece = self._tok.id_to_token(value)
         if piece is None:  # a gap in a sparse vocabulary
             raise InputError(f"token id {value} has no entry in {self.path}")
@@ -166,6 +148,4 @@ def open_tokenizer(path: Path | str, config: TextConfig) -> Tokenizer:
     """
     if config.kind == HF_TOKENIZERS:
         return HFTokenizer(Path(path), config)
-    from tinymm.preprocess.text import Tokenizer as SentencePieceTokenizer
-
     return SentencePieceTokenizer(Path(path), config)
