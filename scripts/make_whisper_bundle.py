@@ -170,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print what was written as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    parser.add_argument("--ct2-out", type=Path, default=None, metavar="DIR",
+                        help="also write the joined CTranslate2 model there (for benchmarks/whisper_side_by_side.py)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -182,6 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TinymmError as e:
         sys.stderr.write(f"make_whisper_bundle: error: {e}\n")
         return e.exit_code
+    if args.ct2_out is not None:
+        try:
+            assemble_source(args.ct2_out)
+        except TinymmError as e:
+            sys.stderr.write(f"make_whisper_bundle: error: {e}\n")
+            return e.exit_code
     failed = [r for r in summary["verify"] if not r["passed"]]
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
