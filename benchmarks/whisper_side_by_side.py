@@ -59,7 +59,7 @@ logger = logging.getLogger("whisper_side_by_side")
 SAMPLES_DIR = ROOT / "tinymm" / "assets" / "samples" / "audio"
 LATENCY_COMMANDS = 8  # synthesized command clips in the latency pass (the first ones of the set)
 REFERENCE_VARIANT = "ct2-float32"  # transcripts are compared with this engine's
-TINYMM_DEFAULT = "tinymm-int8-clip:10"  # what tinymm.load(whisper-base) runs on a CPU by default
+TINYMM_DEFAULT = "tinymm-int8-full"  # what tinymm.load(whisper-base) runs on a CPU by default
 MS_PER_S = 1000.0
 # The targets, judged as measured.
 TARGET_SHORT_SPEEDUP = 3.0  # tinymm int8 vs CTranslate2 int8 p50, 1-5 s commands

@@ -282,7 +282,7 @@ def test_timestamp_rules_match_transformers():
 def test_transcribe_options_are_checked_once():
     from tinymm.decoding.whisper_task import TranscribeOptions
 
-    assert TranscribeOptions().audio_context == "clip:10" and TranscribeOptions().beam_size == 1
+    assert TranscribeOptions().audio_context == "full" and TranscribeOptions().beam_size == 1
     for bad, match in (({"task": "summarize"}, "task="), ({"beam_size": 0}, "beam_size="),
                        ({"audio_context": "half"}, "audio_context="), ({"language": ""}, "language="),
                        ({"no_speech_threshold": 1.5}, "no_speech_threshold="), ({"timestamps": "yes"}, "timestamps=")):

@@ -78,7 +78,7 @@ def add_whisper_flags(parser: argparse.ArgumentParser, flags: tuple[str, ...] = 
     if "--audio-context" in flags:
         group.add_argument("--audio-context", type=_audio_context, default=None, metavar="CTX",
                            help="encoder input: full (30 s), clip (the clip's length) or clip:S (at least S s; "
-                                "default clip:10)")
+                                "default full)")
 
 
 def whisper_options(speech: Any, args: argparse.Namespace) -> dict[str, Any]:

@@ -40,10 +40,13 @@ from tinymm.preprocess.tokenizer import Tokenizer
 # is the audio's own but at least S seconds (Whisper was trained on 30 s windows and hallucinates on
 # very short contexts; the floor keeps enough of the padding it expects).
 AUDIO_CONTEXTS = ("full", "clip")
-# The default, from benchmarks/results/whisper_audio_context.md: on 60 synthesized 1-5 s commands
-# whisper-base's WER was 31.5% with the full window, 28.4% with "clip:10" at a quarter of the
-# latency, 706% with "clip:5" and 2982% with "clip" (it repeats itself to the end of the context).
-DEFAULT_AUDIO_CONTEXT = "clip:10"
+# The default, from benchmarks/results/whisper_audio_context.md (whisper-base, 67 clips of 1-5 s,
+# language detected): WER 30.4% full, 28.2% "clip:10" at about half the latency, 949% "clip:5"
+# (it repeats itself to the end of the context). But every shortened context misread two of the
+# seven demo commands ("Go and pre meters.") and detected Thai for "Read the sign.", which the
+# full window gets right: a robot must not trade that for speed by default. "clip:10" is the
+# opt-in fast path, best with the language given.
+DEFAULT_AUDIO_CONTEXT = "full"
 AUDIO_CONTEXT_STEP_FRAMES = 128  # "clip" rounds the frames up to a multiple of this (1.28 s, 64 encoder positions)
 WINDOW_SECONDS = 30.0  # a Whisper window: window_frames feature frames
 NO_SPEECH_THRESHOLD = 0.6  # whisper: a window is silent when no_speech_prob is above this ...

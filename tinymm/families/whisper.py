@@ -5,8 +5,8 @@ Data path (``WhisperPipeline._transcribe`` holds it end to end)::
     audio (path, WAV bytes or (samples,) array) -> mono at 16 kHz             [AudioPreprocessor.waveform]
     -> 30 s windows from the seek: samples [seek * hop, (seek + 3000) * hop), padded with zeros
        -> log-mel (n_mels, 3000) per window (the max - 8 clamp per window)    [AudioPreprocessor.features]
-    -> encoder over the window's frames: all 3000 (audio_context "full"), at least 10 s of them
-       (the default "clip:10", measured: benchmarks/results/whisper_audio_context.md), or the audio's own
+    -> encoder over the window's frames: all 3000 (audio_context "full", the default), at least 10 s
+       of them ("clip:10", the fast path: benchmarks/results/whisper_audio_context.md), or the audio's own
        rounded up to 128 frames ("clip", whisper.cpp's audio_ctx) -> (N, frames / 2, d_model)
     -> decoder: the no-speech probability and (when not given) the language at the start token,
        the start sequence forced, then greedy or beam search with Whisper's logit filters
