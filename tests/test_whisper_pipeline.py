@@ -238,6 +238,11 @@ def test_no_speech_probability_and_the_silence_rule(pipeline, monkeypatch):
     rejected = pipeline.transcribe(silence, RATE, language="en", timestamps=True)
     assert rejected.text == "" and rejected.token_ids == () and rejected.segments == ()
     assert rejected.no_speech_prob == pytest.approx(0.95) and rejected.windows == 1
+    assert rejected.rejected and rejected.reject_reason == "no_speech"
+    command = pipeline.command(silence, RATE, language="en")
+    assert command.intent is None and command.rejected and command.reject_reason == "no_speech"
+    heard = pipeline.transcribe(np.full(RATE, 0.1, dtype=np.float32), RATE, language="en")
+    assert not heard.rejected or heard.text == ""  # a rejected clip never carries words
 
 
 def test_command_parses_the_transcript(pipeline, monkeypatch):

@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ARCHITECTURE = "whisper"
+NO_SPEECH = "no_speech"  # reject_reason of a clip whose every window whisper's silence rule emptied
 ENCODER, DECODER_FIRST, DECODER_WITH_PAST = "encoder", "decoder_first", "decoder_with_past"
 # The decoder tensors the runtime feeds by name (the contract fixes them; a bundle's roles must agree).
 DECODER_ROLES = {DECODER_FIRST: {"input_ids": "input_ids", "encoder_states": "encoder_hidden_states", "logits": "logits"},
@@ -79,6 +80,7 @@ class _Clip:
     sum_logprob: float = 0.0  # over every decoded window, for the confidence
     scored_tokens: int = 0
     no_speech_prob: float | None = None  # the first window's
+    silent_windows: int = 0  # windows whisper's silence rule emptied
 
 
 def _check_decoder_roles(bundle: Bundle) -> None:
@@ -222,11 +224,15 @@ class WhisperPipeline:
     ) -> CommandResult | list[CommandResult]:
         """Transcribe and parse spoken commands; ``intent`` is None when the words are outside the grammar.
 
-        The intent is parsed from the free transcript (Whisper decodes no command grammar).
+        The intent is parsed from the free transcript (Whisper decodes no command grammar). A clip
+        whose every window is silent by whisper's rule is rejected (``reject_reason="no_speech"``),
+        with no intent.
         """
         options = self._options(language, "transcribe", False, beam_size, None)
         clips, single = audio_batch(audio)
-        results = [CommandResult(t, self.intent_parser.parse(t.text)) for t in self._transcribe_each(clips, sample_rate, options)]
+        results = [CommandResult(t, None, rejected=True, reject_reason=t.reject_reason, score=0.0) if t.rejected
+                   else CommandResult(t, self.intent_parser.parse(t.text))
+                   for t in self._transcribe_each(clips, sample_rate, options)]
         return results[0] if single else results
 
     def _transcribe_each(self, clips: list[Any], sample_rate: int | None,
@@ -289,6 +295,7 @@ class WhisperPipeline:
         if clip.no_speech_prob is None:
             clip.no_speech_prob = result.no_speech_prob
         if result.is_silent(options):  # whisper skips the whole window
+            clip.silent_windows += 1
             clip.seek += size
             return
         if not options.timestamps:
@@ -316,6 +323,9 @@ class WhisperPipeline:
             no_speech_prob=clip.no_speech_prob,
             segments=tuple(clip.segments) if options.timestamps else None,
             windows=clip.windows,
+            # Every window silent by whisper's rule: no speech, as the speech pipeline's VAD reports it.
+            rejected=clip.windows > 0 and clip.silent_windows == clip.windows,
+            reject_reason=NO_SPEECH if clip.windows > 0 and clip.silent_windows == clip.windows else None,
         )
 
 
