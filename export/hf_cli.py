@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="int8 gate: clips transcribed per evaluation (Whisper default 24)")
     parser.add_argument("--seed", type=int, default=0, help="seed of synthesized clips and random inputs (default 0)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default 0: torch's default)")
+    parser.add_argument("--vad", default=None, metavar="BUNDLE",
+                        help="VAD bundle the runtime checks every clip with before decoding (e.g. silero-vad; "
+                             "default: none)")
     parser.add_argument("--json", action="store_true", help="print what was written as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step (info level)")
@@ -72,7 +75,7 @@ def main(argv: Sequence[str]) -> int:
                 source=args.source, out=args.out, precisions=args.precision, data_dir=args.data, name=args.name,
                 force=args.force, options=ExportOptions(opset=args.opset, exporter=args.exporter),
                 progress=not args.no_progress, command=shlex.join(["python", "-m", "export", "hf", *argv]),
-                seed=args.seed, max_metric_drop=args.max_metric_drop, eval_samples=args.eval_samples)
+                seed=args.seed, max_metric_drop=args.max_metric_drop, eval_samples=args.eval_samples, vad=args.vad)
         except ValueError as e:
             return usage_error(PROG, e)
         result = export_source(request)

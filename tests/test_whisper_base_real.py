@@ -113,6 +113,7 @@ def test_bundle_is_whisper_base_with_int8(bundle_dir: Path, script) -> None:
     assert len(manifest.model["languages"]) == 99 and manifest.model["languages"]["en"] == 50259
     assert manifest.preprocess.text.special_tokens["<|nospeech|>"] == manifest.model["no_speech_id"] == 50362
     assert "int8" in manifest.components["decoder_with_past"].variants  # the decoder steps pass the gate
+    assert manifest.model["vad"] == "silero-vad"  # noise never reaches the decoder
     assert all(row["passed"] for row in script.verify(bundle_dir))
 
 
@@ -165,3 +166,13 @@ def test_runtime_transcribes_the_samples(bundle_dir: Path) -> None:
     result = json.loads(done.stdout)["results"][0]
     assert {"go", "ahead", "meters"} <= set(normalize_words(result["text"]))
     assert result["segments"] and result["segments"][0]["start"] == 0.0
+
+
+def test_noise_is_rejected_before_decoding(bundle_dir: Path) -> None:
+    """2 s of noise: no transcript and no robot action (the bundle's Silero VAD)."""
+    import tinymm
+
+    pipeline = tinymm.load(bundle_dir, threads=2)
+    noise = np.random.default_rng(1).normal(0.0, 0.03, 32000).astype(np.float32)
+    command = pipeline.command(noise, 16000)
+    assert command.intent is None and command.rejected and command.reject_reason == "no_speech"

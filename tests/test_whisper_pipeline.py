@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -25,6 +26,7 @@ from tinymm.errors import InputError
 pytestmark = pytest.mark.requires_torch
 
 RATE = 16000
+SAMPLES = Path(__file__).resolve().parent.parent / "tinymm" / "assets" / "samples"
 CLIPS = (  # (kind, seconds, language: None is detected, timestamps)
     ("noise", 3.0, "en", False),
     ("tone", 5.0, "de", False),
@@ -314,3 +316,20 @@ def test_cli_refuses_whisper_flags_for_a_ctc_bundle(tmp_path, capsys):
     write_wav(clip, _clip("noise", 1.0), RATE)
     assert main(["transcribe", str(clip), "--language", "en"]) == 2  # the default speech bundle is CTC
     assert "does not take --language: only Whisper bundles do" in capsys.readouterr().err
+
+
+def test_a_vad_rejects_clips_without_speech_before_decoding(pipeline, monkeypatch):
+    from tinymm.pipelines.vad import load_vad
+
+    guarded = _variant(pipeline, vad=load_vad())
+    calls = []
+    decode = guarded.decoder.decode
+    monkeypatch.setattr(guarded.decoder, "decode", lambda *a: calls.append(1) or decode(*a))
+    noise = np.random.default_rng(0).normal(0.0, 0.05, RATE * 2).astype(np.float32)
+    rejected = guarded.transcribe(noise, RATE, language="en")
+    assert rejected.rejected and rejected.reject_reason == "no_speech" and rejected.text == "" and not calls
+    assert rejected.speech_ratio is not None and rejected.speech_ratio < 0.1
+    command = guarded.command(noise, RATE, language="en")
+    assert command.intent is None and command.rejected and command.reject_reason == "no_speech"
+    speech = guarded.transcribe(str(SAMPLES / "audio" / "command-move.wav"), language="en")
+    assert not speech.rejected and speech.speech_ratio > 0.3 and calls  # real speech reaches the decoder

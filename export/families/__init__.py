@@ -38,6 +38,9 @@ class HFExportRequest:
     max_metric_drop: float | None = None  # int8 gate threshold in metric points; None: the family's default
     eval_samples: int | None = None  # items the int8 gate evaluates; None: the family's default
     source_label: str | None = None  # how the provenance and model card name the source; None: its path
+    # The VAD bundle the runtime checks every clip with before decoding (manifest model.vad, e.g.
+    # "silero-vad", shipped with tinymm); None: no check (speech families only).
+    vad: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("source", "out", "data_dir"):
@@ -49,6 +52,8 @@ class HFExportRequest:
             raise ValueError(f"eval_samples={self.eval_samples!r} must be a positive integer")
         if self.max_metric_drop is not None and not self.max_metric_drop >= 0:
             raise ValueError(f"max_metric_drop={self.max_metric_drop!r} must be >= 0 points")
+        if self.vad is not None and (not isinstance(self.vad, str) or not self.vad.strip()):
+            raise ValueError(f"vad={self.vad!r} must be a VAD bundle name such as 'silero-vad', or None")
 
 
 @dataclass(frozen=True, eq=False)

@@ -262,7 +262,8 @@ def export(request: HFExportRequest) -> ExportResult:
         writer.add_text("README.md", model_card(name, source, files, shared, golden, provenance))
         writer.write(name=name, family=FAMILY, tasks=TASKS, components=components,
                      preprocess=whisper_preprocess(source), golden=pairs, provenance=provenance,
-                     model=whisper_model_info(source), architecture=ARCHITECTURE)
+                     model={**whisper_model_info(source), **({"vad": request.vad} if request.vad else {})},
+                     architecture=ARCHITECTURE)
         bar.update()
     bundle = read_bundle(request.out)
     verify_bundle(bundle)

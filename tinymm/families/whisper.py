@@ -26,6 +26,7 @@ window's text (``<|startofprev|>``) and the temperature fallback.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ from tinymm.preprocess.tokenizer import Tokenizer
 
 if TYPE_CHECKING:
     from tinymm.bundle import Bundle
+    from tinymm.pipelines.vad import SileroVAD
     from tinymm.pipelines.load_options import LoadOptions
     from tinymm.robot.intent import IntentParser
 
@@ -123,9 +125,11 @@ class WhisperPipeline:
         features_name: str = "input_features",
         states_name: str = "encoder_hidden_states",
         device_cache: bool = False,
+        vad: SileroVAD | None = None,
     ) -> None:
-        """decoder_with_past None decodes without a KV cache. audio_context: one of AUDIO_CONTEXTS, the
-        default of every transcribe call. features_name, states_name: the encoder's input and output."""
+        """decoder_with_past None decodes without a KV cache. audio_context: "full", "clip" or "clip:S", the
+        default of every transcribe call. features_name, states_name: the encoder's input and output.
+        vad: checks every clip for speech before anything is decoded (None: no check)."""
         num_layers = count_layers(decoder_first)
         check_decoder_layout(decoder_first, decoder_with_past, num_layers, ENCODER_STATES_LAYOUT)
         self.settings = WhisperSettings.from_model_info(model_info, tokenizer, num_layers)
@@ -137,6 +141,7 @@ class WhisperPipeline:
             tokenizer=tokenizer, features_name=features_name, states_name=states_name, device_cache=device_cache,
         )
         self._intent_parser = intent_parser  # None: the robot domain's, built on the first command()
+        self.vad = vad  # None: every clip reaches the decoder
         self.bundle: Bundle | None = None  # set by from_bundle; keeps an extracted archive alive
 
     def _check_audio(self, preprocessor: AudioPreprocessor) -> None:
@@ -153,6 +158,7 @@ class WhisperPipeline:
     def from_bundle(cls, bundle: Bundle, options: LoadOptions | None = None) -> WhisperPipeline:
         """Load the encoder and decoders of a Whisper bundle with ``options`` (default: LoadOptions())."""
         from tinymm.pipelines.load_options import LoadOptions
+        from tinymm.pipelines.vad import load_vad
 
         manifest = bundle.manifest
         if manifest.family != cls.family:
@@ -161,6 +167,10 @@ class WhisperPipeline:
         if audio is None:
             raise BundleError(f"bundle {bundle.name!r} has no preprocess.audio section; re-export it")
         _check_decoder_roles(bundle)
+        vad_name = manifest.model.get("vad")
+        if vad_name is not None and (not isinstance(vad_name, str) or not vad_name):
+            raise BundleError(f"manifest model.vad={vad_name!r} must be the name of a VAD bundle, such as 'silero-vad'")
+        vad = load_vad(vad_name, options) if vad_name is not None else None  # before the big sessions: fail fast
         sessions = open_sessions(bundle, (ENCODER, DECODER_FIRST), (DECODER_WITH_PAST,), options or LoadOptions())
         encoder, with_past = manifest.component(ENCODER), sessions.get(DECODER_WITH_PAST)
         pipeline = cls(
@@ -168,7 +178,7 @@ class WhisperPipeline:
             preprocessor=AudioPreprocessor(audio), tokenizer=bundle_tokenizer(bundle), model_info=manifest.model,
             name=bundle.name, features_name=encoder.tensor("features", "input_features"),
             states_name=encoder.tensor("hidden_states", "encoder_hidden_states"),
-            device_cache=with_past is not None and with_past.provider in GPU_PROVIDERS,
+            device_cache=with_past is not None and with_past.provider in GPU_PROVIDERS, vad=vad,
         )
         pipeline.bundle = bundle
         return pipeline
@@ -240,7 +250,22 @@ class WhisperPipeline:
         """One clip at a time: a clip's transcript must not depend on the other clips of the list, and
         with an int8 decoder it would (dynamic quantization scales each step's activations over the
         whole batch: a batch of 2 turned "Go ahead, 3 meters." into "Go and free meters.")."""
-        return [self._transcribe([clip], sample_rate, options)[0] for clip in clips]
+        results = []
+        for clip in clips:
+            if self.vad is None:
+                results.append(self._transcribe([clip], sample_rate, options)[0])
+                continue
+            timer = StageTimer()
+            wave = self.preprocessor.waveform(clip, sample_rate)  # (samples,) float32 at the model's rate
+            activity = self.vad.activity(wave, self.sample_rate)
+            if self.vad.has_speech(activity):  # decode the samples already loaded
+                heard = self._transcribe([wave], self.sample_rate, options)[0]
+                results.append(dataclasses.replace(heard, speech_ratio=activity.speech_ratio))
+                continue
+            timer.lap("preprocess")
+            results.append(TranscriptResult("", (), 0.0, len(wave) / self.sample_rate, timer.timings(1),
+                                            rejected=True, reject_reason=NO_SPEECH, speech_ratio=activity.speech_ratio))
+        return results
 
     def _options(self, language: str | None, task: str, timestamps: bool, beam_size: int,
                  audio_context: str | None) -> TranscribeOptions:
