@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from fake_sessions import ScriptedSpeechEncoder
 
-from tinymm.decoding.grammar import Grammar, GrammarDecoder, GrammarGraph, GrammarTemplate
+from tinymm.decoding.grammar import GrammarDecoder
+from tinymm.decoding.grammar_graph import Grammar, GrammarGraph, GrammarTemplate
 from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.speech import SpeechPipeline, SpeechSettings
 from tinymm.preprocess.audio import AudioPreprocessor

@@ -10,9 +10,10 @@ Split as whisper splits its decoder, so that a pipeline assembles the pieces it 
 - ``search``: ``greedy_search``, ``beam_search`` and ``generate``, which picks between them;
 - ``ctc``: ``ctc_greedy_decode`` for the speech encoder;
 - ``lexicon``: ``Lexicon``, which snaps a CTC transcript's misspelt words to the bundle's words;
-- ``grammar``: ``GrammarDecoder``, CTC Viterbi decoding constrained to a closed ``Grammar``
-  (``GrammarGraph``; the grammar comes from its domain, e.g. ``tinymm.robot.grammar``), with a
+- ``grammar``: ``GrammarDecoder``, CTC Viterbi decoding constrained to a closed grammar, with a
   fallback to the free transcript for speech outside it;
+- ``grammar_graph``: the ``Grammar`` (from its domain, e.g. ``tinymm.robot.grammar``) and its
+  compiled ``GrammarGraph``;
 - ``whisper_tokens``: ``WhisperTokens``, a Whisper vocabulary's special ids and start sequence;
 - ``whisper_filters``: Whisper's logit filters (``SuppressBlank``, ``SuppressTokens``,
   ``ApplyTimestampRules``) and ``whisper_filters``, which assembles them.
@@ -31,11 +32,11 @@ _EXPORTS = {
     "CTCHypothesis": "ctc",
     "ctc_greedy_decode": "ctc",
     "Lexicon": "lexicon",
-    "Grammar": "grammar",
+    "Grammar": "grammar_graph",
     "GrammarDecoder": "grammar",
-    "GrammarGraph": "grammar",
+    "GrammarGraph": "grammar_graph",
     "GrammarHypothesis": "grammar",
-    "GrammarTemplate": "grammar",
+    "GrammarTemplate": "grammar_graph",
     "edit_distance": "lexicon",
     "NoRepeatNGram": "filters",
     "RepetitionPenalty": "filters",
@@ -64,13 +65,8 @@ _EXPORTS = {
 
 if TYPE_CHECKING:
     from tinymm.decoding.ctc import CTCHypothesis, ctc_greedy_decode
-    from tinymm.decoding.grammar import (
-        Grammar,
-        GrammarDecoder,
-        GrammarGraph,
-        GrammarHypothesis,
-        GrammarTemplate,
-    )
+    from tinymm.decoding.grammar import GrammarDecoder, GrammarHypothesis
+    from tinymm.decoding.grammar_graph import Grammar, GrammarGraph, GrammarTemplate
     from tinymm.decoding.lexicon import Lexicon, edit_distance
     from tinymm.decoding.filters import (
         NoRepeatNGram,

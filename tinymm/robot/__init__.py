@@ -4,7 +4,7 @@
   suffixes), which the parser, the decoding grammar and the training data all read;
 - ``transcripts``: ``normalize_transcript``, the canonical text of a transcript;
 - ``intent``: ``Intent`` and ``IntentParser`` (transcript -> intent);
-- ``grammar``: the grammar as a ``tinymm.decoding.grammar.Grammar`` for constrained CTC decoding,
+- ``grammar``: the grammar as a ``tinymm.decoding.grammar_graph.Grammar`` for constrained CTC decoding,
   and the grammar names a bundle may declare in ``model.grammar``;
 - ``demo_checks``: whether a caption of a scene names only what the scene holds (``tinymm demo``).
 

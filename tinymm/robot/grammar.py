@@ -9,7 +9,7 @@ A speech bundle trained on the robot commands names its grammar in ``model.gramm
 
 from __future__ import annotations
 
-from tinymm.decoding.grammar import Grammar, GrammarTemplate
+from tinymm.decoding.grammar_graph import Grammar, GrammarTemplate
 from tinymm.errors import BundleError
 from tinymm.robot.phrases import PHRASES, SLOT_PATTERN, affixes, slot_fillers, with_articles
 
