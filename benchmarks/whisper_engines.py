@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.variants import ModelClock  # noqa: E402
+
 MAX_TOKENS = 448
 SAMPLE_RATE_HZ = 16000  # Whisper's rate
 ENGINE_LABELS = {
@@ -59,28 +61,17 @@ class Engine:
     is_tinymm: bool = False
 
 
-class OrtClock:
-    """Seconds spent inside onnxruntime's run calls since the last ``take`` (every session)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-    def take(self) -> float:
-        seconds, self.seconds = self.seconds, 0.0
-        return seconds
+_CLOCK: ModelClock | None = None
 
 
-_CLOCK: OrtClock | None = None
-
-
-def ort_clock() -> OrtClock:
+def ort_clock() -> ModelClock:
     """Patch onnxruntime's InferenceSession run methods (once) to add their time to one clock."""
     global _CLOCK
     if _CLOCK is not None:
         return _CLOCK
     from onnxruntime.capi.onnxruntime_inference_collection import InferenceSession
 
-    clock = OrtClock()
+    clock = ModelClock()
     for method in ("run", "run_with_ortvalues", "run_with_iobinding"):
         original = getattr(InferenceSession, method, None)
         if original is None:

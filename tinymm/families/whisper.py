@@ -49,6 +49,7 @@ from tinymm.decoding.whisper_task import (
 from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.results import CommandResult, Segment, StageTimer, TranscriptResult
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
+from tinymm.pipelines.speech_surface import SpeechSurface
 from tinymm.preprocess.audio import AudioPreprocessor, audio_batch, frame_count
 from tinymm.preprocess.tokenizer import Tokenizer
 
@@ -99,7 +100,7 @@ def _check_decoder_roles(bundle: Bundle) -> None:
                 )
 
 
-class WhisperPipeline:
+class WhisperPipeline(SpeechSurface):
     """Transcripts (with language, no-speech probability and optional timed segments) and spoken
     commands from a Whisper bundle; the public surface of SpeechPipeline.
 
@@ -182,20 +183,6 @@ class WhisperPipeline:
         )
         pipeline.bundle = bundle
         return pipeline
-
-    @property
-    def intent_parser(self) -> IntentParser:
-        """The parser of ``command``: the one given, else the robot domain's IntentParser (built on first use)."""
-        if self._intent_parser is None:
-            from tinymm.robot.intent import IntentParser
-
-            self._intent_parser = IntentParser()
-        return self._intent_parser
-
-    @property
-    def sample_rate(self) -> int:
-        """Hz the model listens at; other rates are resampled to it."""
-        return self.preprocessor.config.sample_rate
 
     def __repr__(self) -> str:
         return f"WhisperPipeline({self.name!r}, provider={self.decoder.encoder.provider})"

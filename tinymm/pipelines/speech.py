@@ -41,6 +41,7 @@ from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.load_options import LoadOptions
 from tinymm.pipelines.results import CommandResult, StageTimer, TranscriptResult
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
+from tinymm.pipelines.speech_surface import SpeechSurface
 from tinymm.preprocess.audio import AudioPreprocessor, audio_batch, batch_features
 from tinymm.preprocess.text import Tokenizer
 
@@ -117,7 +118,7 @@ class SpeechSettings:
                    grammar=cls._grammar_name(info.get("grammar")), vad=vad)
 
 
-class SpeechPipeline:
+class SpeechPipeline(SpeechSurface):
     """Transcripts and spoken commands from one speech bundle.
 
     Build it with ``from_bundle`` (or ``tinymm.load``); the constructor takes the session, the
@@ -176,20 +177,6 @@ class SpeechPipeline:
                        tokenizer=tokenizer, model_info=info, name=bundle.name, vad=vad)
         pipeline.bundle = bundle
         return pipeline
-
-    @property
-    def intent_parser(self) -> IntentParser:
-        """The parser of ``command``: the one given, else the robot domain's IntentParser (built on first use)."""
-        if self._intent_parser is None:
-            from tinymm.robot.intent import IntentParser
-
-            self._intent_parser = IntentParser()
-        return self._intent_parser
-
-    @property
-    def sample_rate(self) -> int:
-        """Hz the model listens at; other rates are resampled to it."""
-        return self.preprocessor.config.sample_rate
 
     def __repr__(self) -> str:
         return f"SpeechPipeline({self.name!r}, provider={self.encoder.provider})"
