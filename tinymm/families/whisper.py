@@ -227,8 +227,7 @@ class WhisperPipeline(SpeechSurface):
         """
         options = self._options(language, "transcribe", False, beam_size, None)
         clips, single = audio_batch(audio)
-        results = [CommandResult(t, None, rejected=True, reject_reason=t.reject_reason, score=0.0) if t.rejected
-                   else CommandResult(t, self.intent_parser.parse(t.text))
+        results = [CommandResult.unheard(t) if t.rejected else CommandResult(t, self.intent_parser.parse(t.text))
                    for t in self._transcribe_each(clips, sample_rate, options)]
         return results[0] if single else results
 
@@ -325,6 +324,8 @@ class WhisperPipeline(SpeechSurface):
         clip.seek += max(1, split.advance_frames)
 
     def _result(self, clip: _Clip, options: TranscribeOptions, timings: Any) -> TranscriptResult:
+        # Every window silent by whisper's rule: no speech, as the speech pipeline's VAD reports it.
+        silent = clip.windows > 0 and clip.silent_windows == clip.windows
         return TranscriptResult(
             text=self.tokenizer.decode(clip.tokens).strip(),
             token_ids=tuple(clip.tokens),
@@ -335,9 +336,8 @@ class WhisperPipeline(SpeechSurface):
             no_speech_prob=clip.no_speech_prob,
             segments=tuple(clip.segments) if options.timestamps else None,
             windows=clip.windows,
-            # Every window silent by whisper's rule: no speech, as the speech pipeline's VAD reports it.
-            rejected=clip.windows > 0 and clip.silent_windows == clip.windows,
-            reject_reason=NO_SPEECH if clip.windows > 0 and clip.silent_windows == clip.windows else None,
+            rejected=silent,
+            reject_reason=NO_SPEECH if silent else None,
         )
 
 

@@ -250,6 +250,11 @@ class CommandResult:
     reject_reason: str | None = None  # "no_speech" | "low_confidence"; None when not rejected
     score: float | None = None  # the evidence compared with reject_threshold, in [0, 1]; None: not scored
 
+    @classmethod
+    def unheard(cls, transcript: TranscriptResult) -> CommandResult:
+        """The command of a rejected transcript (no speech): no intent, its reason, score 0."""
+        return cls(transcript, None, rejected=True, reject_reason=transcript.reject_reason, score=0.0)
+
     @property
     def text(self) -> str:
         return self.transcript.text

@@ -216,7 +216,7 @@ class SpeechPipeline(SpeechSurface):
     def _gate(self, transcript: TranscriptResult, threshold: float) -> CommandResult:
         """The command of one transcript, kept only when the evidence holds."""
         if transcript.rejected:
-            return CommandResult(transcript, None, rejected=True, reject_reason=transcript.reject_reason, score=0.0)
+            return CommandResult.unheard(transcript)
         intent = self.intent_parser.parse(transcript.text)
         score = command_score(transcript.confidence, transcript.grammar_gap)
         if intent is not None and score < threshold:
