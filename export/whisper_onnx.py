@@ -1,4 +1,4 @@
-"""Whisper as three ONNX components (the contract in /work/notes/whisper_contract.md), L layers, nh heads, hs head size::
+"""Whisper as three ONNX components (the Whisper bundle of export/LAYOUT.md), L layers, nh heads, hs head size::
 
     encoder            input_features (batch, n_mels, frames) float32, frames even and <= 2 * max_source_positions
                        -> encoder_hidden_states (batch, frames / 2, d_model); the positional table is sliced

@@ -16,7 +16,7 @@ computes the cross-attention K/V once per image::
     decoder_with_past  input_ids (batch, new), past_key_values.{i}.key|value (batch, heads, past, head_dim),
                        cross.{i}.key|value -> logits (batch, new, V), present.{i}.key|value (.., past+new, ..)
 
-and the ``"encoder-states"`` layout of Whisper bundles (notes: the Whisper bundle contract), where
+and the ``"encoder-states"`` layout of Whisper bundles (export/LAYOUT.md, "Whisper bundle"), where
 ``decoder_first`` takes the encoder's hidden states and returns the cross K/V, which every
 ``decoder_with_past`` step then takes unchanged::
 

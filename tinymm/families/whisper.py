@@ -1,4 +1,4 @@
-"""Whisper: encoder-decoder speech recognition over 30 s windows (the Whisper bundle contract).
+"""Whisper: encoder-decoder speech recognition over 30 s windows (the Whisper bundle of export/LAYOUT.md).
 
 Data path (``WhisperPipeline._transcribe`` holds it end to end)::
 
@@ -96,7 +96,7 @@ def _check_decoder_roles(bundle: Bundle) -> None:
             if declared != tensor:
                 raise BundleError(
                     f"bundle {bundle.name!r}: {component} role {role!r} is {declared!r}, but this tinymm feeds "
-                    f"{tensor!r} (the Whisper bundle contract); re-export the bundle"
+                    f"{tensor!r} (the Whisper bundle of export/LAYOUT.md); re-export the bundle"
                 )
 
 
