@@ -38,7 +38,7 @@ import math
 import platform
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -288,6 +288,19 @@ def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, 
     return "\n".join(lines)
 
 
+def _with_domain_check(prepared: Prepared, request: ExportRequest, encoders: Mapping[str, Path],
+                       writer: BundleWriter, work: Path) -> Prepared:
+    """Fit the domain check on --data's scenes (export/vlm_domain.py) and stage its file; the
+    manifest's model object gains ``domain_check``. Unchanged without scene splits."""
+    from export.vlm_domain import DOMAIN_FILE, fit_domain_check
+
+    spec = fit_domain_check(request.samples.data_dir, prepared.preprocess.image, encoders, work / DOMAIN_FILE)
+    if spec is None:
+        return prepared
+    writer.add_file(DOMAIN_FILE, work / DOMAIN_FILE)
+    return replace(prepared, model_info={**prepared.model_info, "domain_check": spec})
+
+
 def build_bundle(request: ExportRequest) -> Bundle:
     """Export the checkpoint of ``request`` into a verified bundle at ``request.out``; returns it."""
     started = time.perf_counter()
@@ -335,6 +348,8 @@ def build_bundle(request: ExportRequest) -> Bundle:
             bar.update(len(prepared.graphs))
         bar.set_postfix_str("task metrics")
         task_eval = _task_eval(prepared, request, evaluator, files, int8)
+        if prepared.family == "vision-language" and "image_encoder" in files:
+            prepared = _with_domain_check(prepared, request, files["image_encoder"], writer, work)
         gates = dict(int8.reports) if int8 is not None else {}
         # The two decoder graphs hold the same weights: store them once per precision in a shared
         # external-data file (export/share_weights.py). This rewrites the decoder files, so the golden

@@ -120,7 +120,7 @@ def test_caption_json_and_text(files, capsys):
     code, payload = _json(capsys, "caption", str(files["image"]), str(files["image"]), "--bundle", str(files["vlm"]))
     assert code == EXIT_OK and payload["ok"] and payload["bundle"] == "tiny-vlm"
     first = payload["results"][0]
-    assert set(first) == {"input", "text", "token_ids", "confidence", "finished", "timings"}
+    assert set(first) == {"input", "text", "token_ids", "confidence", "finished", "rejected", "reject_reason", "timings"}
     assert set(first["timings"]) == TIMING_KEYS and first["timings"]["batch_size"] == 2
     code, out, _ = _run(capsys, "caption", str(files["image"]), "--bundle", str(files["vlm"]), "--beam-size", "2")
     assert code == EXIT_OK and len(out.splitlines()) == 1
@@ -240,7 +240,7 @@ def test_watch(files, capsys):
                         "--pace", "all", "--json")
     events = _lines(out)
     assert code == EXIT_OK and [e["frame"] for e in events] == [0, 10, 20]
-    assert set(events[0]["result"]) == {"text", "token_ids", "confidence", "finished", "timings"}
+    assert set(events[0]["result"]) == {"text", "token_ids", "confidence", "finished", "rejected", "reject_reason", "timings"}
     code, out, _ = _run(capsys, "watch", str(files["video"]), "--bundle", str(files["vlm"]), "--task", "classify",
                         "--labels", "dark,bright", "--max-results", "2", "--pace", "all")
     assert code == EXIT_OK and len(out.splitlines()) == 2 and out.startswith("frame 0 @ 0.00 s")

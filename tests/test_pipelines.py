@@ -99,7 +99,7 @@ def test_caption_is_the_greedy_decoding_of_the_image(vlm, tiny, vlm_tokenizer):
     t = result.timings
     assert t.preprocess_ms > 0 and t.encode_ms > 0 and t.prefill_ms > 0
     assert len(t.decode_ms) == expected.length - 1  # one decoder step per token after the first
-    assert set(result.to_dict()) == {"text", "token_ids", "confidence", "finished", "timings"}
+    assert set(result.to_dict()) == {"text", "token_ids", "confidence", "finished", "rejected", "reject_reason", "timings"}
 
 
 def test_a_batch_gives_the_captions_of_each_image(vlm):

@@ -37,6 +37,7 @@ from train.data.scene_world import COLORS, SHAPES, SIGN_TEXTS, SIZES
 from train.vlm_grounding import caption_targets, object_cells, question_objects
 
 IGNORE_INDEX = -100  # label value the losses skip (prompt positions, padding, non-applicable attributes)
+NO_LABEL = -1  # label_index of a frame without objects: the affinity loss skips it
 TASKS = ("caption", "vqa")
 NONE_CLASS = "none"  # attribute class of a cell without an object centre
 NONE_CLASS_ID = 0  # its index: first in every AUX_ATTRIBUTES entry
@@ -127,7 +128,8 @@ class VLMSceneDataset(Dataset):
     pseudo_captions maps a scene index to extra caption texts (sequence-level distillation).
     Each example is a dict of numpy arrays: ``pixel_values`` (3, S, S) float32, ``input_ids`` (T,)
     int64, ``labels`` (T,) int64, ``task`` int (index in TASKS), ``label_targets`` (L,) float32
-    multi-hot over ``all_labels()``, ``label_index`` int (one of the scene's labels, drawn),
+    multi-hot over ``all_labels()``, ``label_index`` int (one of the scene's labels, drawn; NO_LABEL
+    for a frame without objects),
     ``aux`` (A, G, G) int64, ``ground`` (T, G*G) float32 (the cells each position's target is about).
     """
 
@@ -233,7 +235,8 @@ class VLMSceneDataset(Dataset):
             "task": tasks if texts > 1 else tasks[0],
             "ground": grounds if texts > 1 else grounds[0],
             "label_targets": label_targets,
-            "label_index": int(rng.choice(np.flatnonzero(label_targets))),
+            # A frame without objects (train/data/blank_frames.py) has no label: NO_LABEL.
+            "label_index": int(rng.choice(present)) if len(present := np.flatnonzero(label_targets)) else NO_LABEL,
             "aux": aux_targets(annotation, self.image_size, self.patch_size),
         }
 

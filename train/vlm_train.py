@@ -34,7 +34,7 @@ from train.loop import (LR_SCALE_KEY, CosineSchedule, DeviceSetup, MetricsLogger
                         teacher_anneal_scale)
 from train.losses import affinity_distill_loss, hidden_match_loss, kd_logit_loss
 from train.models.vlm import VisionLanguageModel, VLMConfig
-from train.vlm_data import IGNORE_INDEX, NONE_CLASS_ID, VLMSceneDataset, collate, curriculum_pool, label_token_batch
+from train.vlm_data import IGNORE_INDEX, NO_LABEL, NONE_CLASS_ID, VLMSceneDataset, collate, curriculum_pool, label_token_batch
 from train.vlm_grounding import collect_cross_queries, grounding_keys, grounding_loss, head_log_attention
 
 logger = logging.getLogger(__name__)
@@ -258,8 +258,9 @@ def compute_losses(model: VisionLanguageModel, batch: dict[str, torch.Tensor], l
         )
         # Each image against one of its labels: the (B, B) similarity structure TinyCLIP mimics.
         pick = batch["label_index"]
-        losses["affinity"] = affinity_distill_loss(out.image_embedding, label_embedding[pick],
-                                                   t_out.image_embedding, t_label_embedding[pick],
+        has = pick != NO_LABEL  # frames without objects have no label to pair with
+        losses["affinity"] = affinity_distill_loss(out.image_embedding[has], label_embedding[pick[has]],
+                                                   t_out.image_embedding[has], t_label_embedding[pick[has]],
                                                    weights.affinity_temperature)
     losses["total"] = sum(getattr(weights, name) * value * (teacher_scale if name in TEACHER_TERMS else 1.0)
                           for name, value in losses.items())

@@ -9,7 +9,8 @@ Speech that is not a question prints what was heard and no answer (exit 0).
 Prints the answer; ``--json`` prints ``{"ok": true, "bundle": ..., "input": ..., "question":
 ..., "answer": ..., "confidence": ..., "truncated": ..., "timings": {...}}`` (spoken: also
 ``transcript`` and ``intent``, and timings per pipeline); ``truncated`` is true when the question
-was cut to fit the prompt budget (also logged). No question, or two, exits 2; a corrupt image or
+was cut to fit the prompt budget (also logged); ``rejected``, ``reject_reason`` and
+``domain_score`` say whether the image is outside the model's domain (``--domain-threshold``). No question, or two, exits 2; a corrupt image or
 empty audio 3, a missing bundle 4.
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from tinymm.bundle.names import DEFAULT_SPEECH_BUNDLE, DEFAULT_VISION_BUNDLE
+    from tinymm.commands.domain_args import add_domain_argument
     from tinymm.decoding.options import DecodingOptions
     from tinymm.pipelines.load_options import LoadOptions
 
@@ -36,10 +38,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_VISION_BUNDLE)
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_SPEECH_BUNDLE, bundle_flag="--speech-bundle")
     DecodingOptions.add_arguments(parser)
+    add_domain_argument(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from tinymm.commands.domain_args import apply_domain_threshold, rejection_note
     from tinymm.decoding.options import DecodingOptions
     from tinymm.errors import UsageError
     from tinymm.pipelines.load_options import LoadOptions
@@ -55,9 +59,10 @@ def run(args: argparse.Namespace) -> int:
     image = sys.stdin.buffer.read() if args.image == "-" else args.image
     options, decoding = LoadOptions.from_args(args), DecodingOptions.from_args(args)
     vlm = load_with(args.bundle, options, family="vision-language")
+    apply_domain_threshold(vlm, args)
     if args.audio is None:
         result = vlm.ask(image, args.question, decoding=decoding)
-        text = f"{result.answer}\n"
+        text = f"{result.answer}{rejection_note(result.to_dict(), vlm.domain_threshold)}\n"
     else:
         from tinymm.pipelines.spoken_question import SpokenQuestionPipeline
 

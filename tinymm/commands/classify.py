@@ -41,12 +41,14 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from tinymm.bundle.names import DEFAULT_VISION_BUNDLE
+    from tinymm.commands.domain_args import add_domain_argument
     from tinymm.pipelines.load_options import LoadOptions
 
     parser = subparsers.add_parser("classify", help="rank labels for images", description="Zero-shot image classification.")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image file, or - for image bytes on stdin")
     add_label_arguments(parser)
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_VISION_BUNDLE)
+    add_domain_argument(parser)
     return parser
 
 
@@ -72,11 +74,13 @@ def read_labels(args: argparse.Namespace) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tinymm.commands.domain_args import apply_domain_threshold, rejection_note
     from tinymm.pipelines.load_options import LoadOptions
     from tinymm.pipelines.loading import load_with
 
     labels = read_labels(args)
     vlm = load_with(args.bundle, LoadOptions.from_args(args), family="vision-language")
+    apply_domain_threshold(vlm, args)
     images = [sys.stdin.buffer.read() if name == "-" else name for name in args.images]
     results = vlm.classify(images, labels, top_k=args.top_k)
     if args.json:
@@ -85,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False) + "\n")
         return 0
     for name, result in zip(args.images, results):
-        if len(results) > 1:
-            sys.stdout.write(f"{name}:\n")
+        note = rejection_note(result.to_dict(), vlm.domain_threshold)
+        if len(results) > 1 or note:
+            sys.stdout.write(f"{name}:{note}\n")
         for label, probability in zip(result.labels, result.probabilities):
             sys.stdout.write(f"  {probability:7.2%}  {label}\n")
     return 0

@@ -38,6 +38,7 @@ def _positive(kind: type) -> Any:
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     from tinymm.commands.classify import add_label_arguments
+    from tinymm.commands.domain_args import add_domain_argument
     from tinymm.decoding.options import DecodingOptions
     from tinymm.bundle.names import DEFAULT_VISION_BUNDLE
     from tinymm.pipelines.load_options import LoadOptions
@@ -56,6 +57,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     add_label_arguments(parser)
     LoadOptions.add_arguments(parser, default_bundle=DEFAULT_VISION_BUNDLE)
     DecodingOptions.add_arguments(parser)
+    add_domain_argument(parser)
     return parser
 
 
@@ -67,8 +69,15 @@ def _summary(task: str, result: dict[str, Any]) -> str:
     return ", ".join(f"{item['label']} {item['probability']:.0%}" for item in result["labels"])
 
 
+def _line(task: str, result: dict[str, Any], threshold: float) -> str:
+    from tinymm.commands.domain_args import rejection_note
+
+    return _summary(task, result) + rejection_note(result, threshold)
+
+
 def run(args: argparse.Namespace) -> int:
     from tinymm.commands.classify import read_labels
+    from tinymm.commands.domain_args import apply_domain_threshold
     from tinymm.decoding.options import DecodingOptions
     from tinymm.errors import UsageError
     from tinymm.pipelines.load_options import LoadOptions
@@ -81,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
     options = WatchOptions(every_n_frames=args.every_n_frames, every_s=args.every_s, pace=args.pace,
                            max_results=args.max_results)
     vlm = load_with(args.bundle, LoadOptions.from_args(args), family="vision-language")
+    apply_domain_threshold(vlm, args)
     decoding = DecodingOptions.from_args(args)
     tasks = {
         "caption": lambda frame: vlm.caption(frame, decoding=decoding),
@@ -93,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(
                 f"frame {event['frame']} @ {event['t_s']:.2f} s (latency {event['latency_ms']:.0f} ms, dropped "
-                f"{event['dropped']}): {_summary(args.task, event['result'])}\n"
+                f"{event['dropped']}): {_line(args.task, event['result'], vlm.domain_threshold)}\n"
             )
         sys.stdout.flush()
     return 0

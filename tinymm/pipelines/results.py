@@ -95,6 +95,14 @@ class StageTimer:
         )
 
 
+def _rejection(result: Any) -> dict[str, Any]:
+    """The domain check's part of a vision result's JSON: rejected, reject_reason, domain_score (when scored)."""
+    out: dict[str, Any] = {"rejected": result.rejected, "reject_reason": result.reject_reason}
+    if result.domain_score is not None:
+        out["domain_score"] = _score(result.domain_score)
+    return out
+
+
 @dataclass(frozen=True)
 class CaptionResult:
     """A caption of one image."""
@@ -104,6 +112,9 @@ class CaptionResult:
     mean_logprob: float  # per generated token, EOS included; exp() of it is a confidence in (0, 1]
     finished: bool  # False when max_new_tokens cut the caption
     timings: Timings = field(default_factory=Timings)
+    rejected: bool = False  # True: the frame is outside the model's domain (the text is only the model's guess)
+    reject_reason: str | None = None  # "out_of_domain" (pipelines/domain_check.py); None when not rejected
+    domain_score: float | None = None  # the domain check's distance; None when the bundle has no check
 
     @property
     def confidence(self) -> float:
@@ -116,6 +127,7 @@ class CaptionResult:
             "token_ids": list(self.token_ids),
             "confidence": _score(self.confidence),
             "finished": self.finished,
+            **_rejection(self),
             "timings": self.timings.to_dict(),
         }
 
@@ -131,6 +143,9 @@ class AnswerResult:
     finished: bool
     timings: Timings = field(default_factory=Timings)
     truncated: bool = False  # True when the question was cut to fit the prompt budget (also logged)
+    rejected: bool = False  # True: the frame is outside the model's domain (the text is only the model's guess)
+    reject_reason: str | None = None  # "out_of_domain" (pipelines/domain_check.py); None when not rejected
+    domain_score: float | None = None  # the domain check's distance; None when the bundle has no check
 
     @property
     def confidence(self) -> float:
@@ -145,6 +160,7 @@ class AnswerResult:
             "confidence": _score(self.confidence),
             "truncated": self.truncated,
             "finished": self.finished,
+            **_rejection(self),
             "timings": self.timings.to_dict(),
         }
 
@@ -157,6 +173,9 @@ class ClassifyResult:
     scores: tuple[float, ...]  # cosine similarity of the image and label embeddings, in [-1, 1]
     probabilities: tuple[float, ...]  # softmax of logit_scale * cosine over the whole label set
     timings: Timings = field(default_factory=Timings)
+    rejected: bool = False  # True: the frame is outside the model's domain (the text is only the model's guess)
+    reject_reason: str | None = None  # "out_of_domain" (pipelines/domain_check.py); None when not rejected
+    domain_score: float | None = None  # the domain check's distance; None when the bundle has no check
 
     @property
     def label(self) -> str:
@@ -170,6 +189,7 @@ class ClassifyResult:
                 {"label": label, "score": _score(score), "probability": _score(probability)}
                 for label, score, probability in zip(self.labels, self.scores, self.probabilities)
             ],
+            **_rejection(self),
             "timings": self.timings.to_dict(),
         }
 
@@ -302,6 +322,9 @@ class SpokenAnswerResult:
             "question": self.question,
             "answer": None if self.answer is None else self.answer.answer,
             "confidence": None if self.answer is None else _score(math.exp(self.answer.mean_logprob)),
+            # The image outside the vision model's domain: the answer is only its guess.
+            "answer_rejected": None if self.answer is None else self.answer.rejected,
+            "answer_reject_reason": None if self.answer is None else self.answer.reject_reason,
             "timings": {
                 "speech": heard["timings"],
                 "vision": None if self.answer is None else self.answer.timings.to_dict(),

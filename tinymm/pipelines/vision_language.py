@@ -13,6 +13,11 @@ Data path of ``caption`` and ``ask`` (``_generate`` holds it end to end)::
 embedding of each label (the labels go through the bundle's "classify" template, as in
 training): cosine similarity, and a softmax of ``logit_scale * cosine`` over the label set.
 
+Every result says whether the frame is inside the model's domain: where the bundle carries a domain
+check (``pipelines/domain_check.py``), a frame whose mean image token lies farther than
+``domain_threshold`` from the training scenes is ``rejected`` with ``reject_reason="out_of_domain"``
+(the caption or answer is still given, as the model's guess).
+
 The components and their tensors follow export/LAYOUT.md; the hyperparameters come from the
 manifest's ``model`` object (``VisionLanguageSettings``). One image gives one result, a list of
 images a list of results, computed as one batch.
@@ -21,6 +26,7 @@ images a list of results, computed as one batch.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -38,6 +44,7 @@ from tinymm.decoding import (
     make_inference,
 )
 from tinymm.errors import BundleError, InputError
+from tinymm.pipelines.domain_check import FEATURE_OUTPUT, OUT_OF_DOMAIN, DomainCheck, check_domain_threshold
 from tinymm.pipelines.load_options import LoadOptions
 from tinymm.pipelines.results import (
     AnswerResult,
@@ -142,10 +149,12 @@ class VisionLanguagePipeline:
         model_info: Mapping[str, Any] | None = None,
         device_cache: bool = False,
         name: str = "vision-language",
+        domain_check: DomainCheck | None = None,
     ) -> None:
         """decoder_with_past None decodes without a KV cache (decoder_first over the whole text each step).
 
         device_cache: keep the KV cache on the decoder's device between steps (GPU providers).
+        domain_check: rejects frames outside the model's domain (None: every frame is answered as is).
         """
         self.image_encoder, self.decoder_first, self.decoder_with_past = image_encoder, decoder_first, decoder_with_past
         self.text_encoder, self.preprocessor, self.tokenizer, self.name = text_encoder, preprocessor, tokenizer, name
@@ -155,6 +164,9 @@ class VisionLanguagePipeline:
         self.settings = VisionLanguageSettings.from_model_info(model_info or {}, tokenizer, num_layers)
         self.bundle: Bundle | None = None  # set by from_bundle; keeps an extracted archive alive
         self._label_cache: tuple[tuple[str, ...], np.ndarray] | None = None  # the last label set's embeddings
+        self.domain_check = domain_check
+        # Distances above it are out of domain; the bundle's calibrated threshold, inf without a check.
+        self.domain_threshold = domain_check.threshold if domain_check is not None else math.inf
 
     @classmethod
     def from_bundle(cls, bundle: Bundle, options: LoadOptions | None = None) -> VisionLanguagePipeline:
@@ -174,6 +186,7 @@ class VisionLanguagePipeline:
             preprocessor=ImagePreprocessor(image), tokenizer=bundle_tokenizer(bundle),
             model_info=bundle.manifest.model, name=bundle.name,
             device_cache=with_past is not None and with_past.provider in GPU_PROVIDERS,
+            domain_check=DomainCheck.from_bundle(bundle, bundle.manifest.model),
         )
         pipeline.bundle = bundle
         return pipeline
@@ -184,25 +197,32 @@ class VisionLanguagePipeline:
     # ---- caption and ask -------------------------------------------------------------------
 
     def caption(
-        self, images: Any, *, decoding: DecodingOptions | None = None, rgb: bool = False
+        self, images: Any, *, decoding: DecodingOptions | None = None, rgb: bool = False,
+        domain_threshold: float | None = None,
     ) -> CaptionResult | list[CaptionResult]:
         """Describe one image (a path, encoded bytes or an (H, W, 3) array; BGR unless ``rgb``) or a list.
 
         Returns a CaptionResult, or a list of them for a list of images (decoded as one batch).
+        domain_threshold overrides the pipeline's ``domain_threshold`` for this call.
         """
         batch, single = _as_batch(images, "images")
-        hyps, texts, _, timings = self._generate(batch, CAPTION, [None] * len(batch), decoding, rgb)
-        results = [CaptionResult(text, h.tokens, h.mean_logprob, h.finished, timings) for h, text in zip(hyps, texts)]
+        threshold = self._threshold(domain_threshold)
+        hyps, texts, _, domain, timings = self._generate(batch, CAPTION, [None] * len(batch), decoding, rgb, threshold)
+        results = [CaptionResult(text, h.tokens, h.mean_logprob, h.finished, timings, **verdict)
+                   for h, text, verdict in zip(hyps, texts, domain)]
         return results[0] if single else results
 
     def ask(
-        self, images: Any, question: str | Sequence[str], *, decoding: DecodingOptions | None = None, rgb: bool = False
+        self, images: Any, question: str | Sequence[str], *, decoding: DecodingOptions | None = None, rgb: bool = False,
+        domain_threshold: float | None = None,
     ) -> AnswerResult | list[AnswerResult]:
         """Answer ``question`` about one image, or about each image of a list.
 
         ``question`` is one string (asked of every image) or a list with one question per image.
+        domain_threshold overrides the pipeline's ``domain_threshold`` for this call.
         """
         batch, single = _as_batch(images, "images")
+        threshold = self._threshold(domain_threshold)
         if not isinstance(question, (str, list, tuple)):
             raise InputError(
                 f"question must be a string, or a list of strings (one per image); got a {type(question).__name__}"
@@ -215,10 +235,22 @@ class VisionLanguagePipeline:
                 raise InputError(f"question {q!r} is a {type(q).__name__}, not a string; ask e.g. 'what color is it?'")
             if not q.strip():
                 raise InputError(f"question {q!r} is empty; ask something, e.g. 'what color is the star?'")
-        hyps, answers, truncated, timings = self._generate(batch, ASK, questions, decoding, rgb)
-        results = [AnswerResult(q, answer, h.tokens, h.mean_logprob, h.finished, timings, truncated=cut)
-                   for q, h, answer, cut in zip(questions, hyps, answers, truncated)]
+        hyps, answers, truncated, domain, timings = self._generate(batch, ASK, questions, decoding, rgb, threshold)
+        results = [AnswerResult(q, answer, h.tokens, h.mean_logprob, h.finished, timings, truncated=cut, **verdict)
+                   for q, h, answer, cut, verdict in zip(questions, hyps, answers, truncated, domain)]
         return results[0] if single else results
+
+    def _threshold(self, override: float | None) -> float:
+        return self.domain_threshold if override is None else check_domain_threshold(override)
+
+    def _domain_verdicts(self, encoded: Mapping[str, np.ndarray], threshold: float) -> list[dict[str, Any]]:
+        """Per image: rejected, reject_reason and domain_score (all unset without a domain check)."""
+        n = len(next(iter(encoded.values())))
+        if self.domain_check is None:
+            return [{} for _ in range(n)]
+        distances = self.domain_check.distances(encoded[FEATURE_OUTPUT])
+        return [{"rejected": bool(d > threshold), "reject_reason": OUT_OF_DOMAIN if d > threshold else None,
+                 "domain_score": float(d)} for d in distances]
 
     def _prompt(self, task: str, text: str | None, max_new_tokens: int) -> tuple[np.ndarray, bool]:
         """(T,) int64 prompt of ``task``, its one placeholder (if any) filled with ``text``, and whether
@@ -243,12 +275,13 @@ class VisionLanguagePipeline:
         return ids, bool(cut)
 
     def _generate(
-        self, images: list[Any], task: str, texts: list[str | None], decoding: DecodingOptions | None, rgb: bool
-    ) -> tuple[list[Hypothesis], list[str], list[bool], Timings]:
+        self, images: list[Any], task: str, texts: list[str | None], decoding: DecodingOptions | None, rgb: bool,
+        threshold: float,
+    ) -> tuple[list[Hypothesis], list[str], list[bool], list[dict[str, Any]], Timings]:
         """The data path of caption and ask: preprocess, encode, prefill, decode loop, detokenize.
 
-        Returns the best hypothesis, its text and whether its prompt was cut, for each image, and
-        the timings of the batch.
+        Returns the best hypothesis, its text, whether its prompt was cut and the domain verdict,
+        for each image, and the timings of the batch.
         """
         options = decoding if decoding is not None else DecodingOptions()
         if not isinstance(options, DecodingOptions):
@@ -266,6 +299,7 @@ class VisionLanguagePipeline:
         timer.lap("preprocess")
         encoded = self.image_encoder.run({"pixel_values": pixels})
         cross = cross_from_outputs(encoded, settings.num_layers)  # name -> (N, heads, N_img, head_dim)
+        domain = self._domain_verdicts(encoded, threshold)
         timer.lap("encode")
         by_length: dict[int, list[int]] = {}
         for i, prompt in enumerate(prompts):  # the decoder has no padding mask: batch equal lengths
@@ -288,7 +322,7 @@ class VisionLanguagePipeline:
         timer.restart()  # the decoder timed its own steps
         texts = [self.tokenizer.decode(list(h.tokens)).strip() for h in hyps]
         timer.lap("postprocess")
-        return hyps, texts, list(truncated), timer.timings(len(images))
+        return hyps, texts, list(truncated), domain, timer.timings(len(images))
 
     # ---- classify and embeddings -----------------------------------------------------------
 
@@ -346,18 +380,26 @@ class VisionLanguagePipeline:
         return embeddings
 
     def classify(
-        self, images: Any, labels: Sequence[str] | None = None, *, top_k: int = DEFAULT_TOP_K, rgb: bool = False
+        self, images: Any, labels: Sequence[str] | None = None, *, top_k: int = DEFAULT_TOP_K, rgb: bool = False,
+        domain_threshold: float | None = None,
     ) -> ClassifyResult | list[ClassifyResult]:
-        """Rank ``labels`` (default: the bundle's label set) for one image or each image of a list."""
+        """Rank ``labels`` (default: the bundle's label set) for one image or each image of a list.
+
+        domain_threshold overrides the pipeline's ``domain_threshold`` for this call.
+        """
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k={top_k!r} must be a positive integer")
+        threshold = self._threshold(domain_threshold)
         chosen = self._labels(labels)
         self._require_text_encoder("classify")
         batch, single = _as_batch(images, "images")
         timer = StageTimer()
         pixels = self.preprocessor(batch, rgb=rgb)  # (N, 3, H, W)
         timer.lap("preprocess")
-        image_embedding = self.image_encoder.run({"pixel_values": pixels}, ["image_embedding"])["image_embedding"]
+        wanted = ["image_embedding"] + ([FEATURE_OUTPUT] if self.domain_check is not None else [])
+        encoded = self.image_encoder.run({"pixel_values": pixels}, wanted)
+        image_embedding = encoded["image_embedding"]  # (N, E)
+        domain = self._domain_verdicts(encoded, threshold)
         label_embedding = self._label_embeddings(chosen)  # (L, E)
         timer.lap("encode")
         cosine = image_embedding @ label_embedding.T  # (N, L)
@@ -367,7 +409,7 @@ class VisionLanguagePipeline:
         timings = timer.timings(len(batch))
         results = [
             ClassifyResult(tuple(chosen[j] for j in row), tuple(float(cosine[i, j]) for j in row),
-                           tuple(float(probabilities[i, j]) for j in row), timings)
+                           tuple(float(probabilities[i, j]) for j in row), timings, **domain[i])
             for i, row in enumerate(order)
         ]
         return results[0] if single else results

@@ -58,7 +58,8 @@ from tinymm.preprocess.text import Tokenizer
 from tinymm.hashing import sha256_file
 from tinymm.errors import InputError
 from train.checkpoint import WEIGHTS_FILE, adopt_files, load_checkpoint, save_checkpoint
-from train.data.scene_dataset import SCENES_DIR, SceneDataset, build_specs, write_dataset
+from train.data.blank_frames import BlankFrames, SceneMix
+from train.data.scene_dataset import SCENES_DIR, SPLITS, SceneDataset, build_specs, write_dataset
 from train.data.scene_language import all_labels
 from train.loop import seed_everything, set_threads, setup_device
 from train.metrics_vision import markdown_table
@@ -66,6 +67,7 @@ from train.models.layers import param_count
 from train.models.vlm import VisionLanguageModel, VLMConfig
 from train.vlm_data import AUX_CLASSES, TaskMix, VLMSceneDataset
 from train.vlm_eval import EvalOptions, evaluate, pseudo_captions
+from train.vlm_eval_blank import evaluate_blank
 from train.vlm_head_tuning import HeadTuningOptions, tune_zero_shot_head
 from train.vlm_tokenizer import TOKENIZER_FILE, load_tokenizer, scene_corpus, train_tokenizer
 from train.vlm_train import FINAL_DIR, MEMORY_POSITIONS_PARAM, LossWeights, StageOptions, train_stage
@@ -73,6 +75,7 @@ from train.vlm_train import FINAL_DIR, MEMORY_POSITIONS_PARAM, LossWeights, Stag
 logger = logging.getLogger(__name__)
 
 PRESETS = ("default", "tiny")
+DEFAULT_BLANK_FRACTION = 0.1  # blank frames per training scene (train/RESULTS.md, run vlm11)
 DEFAULT_BUDGET_MINUTES = 100.0  # training only; with data, zero-shot heads and evaluation about 2 h on a 2-core CPU
 STAGE_SHARES = {"teacher": 0.5, "distill": 0.3, "scratch": 0.3}  # of the training budget; scratch: a cap
 ADOPTED_TEACHER_SHARES = {"teacher": 0.0, "distill": 0.8, "scratch": 0.8}  # with --teacher: no teacher stage
@@ -125,6 +128,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init-student", type=Path, default=None, metavar="CKPT",
                    help="start both students from this trained student checkpoint (a continuation; "
                         "its config is kept, the lr halved, the curriculum skipped)")
+    p.add_argument("--blank-fraction", type=float, default=DEFAULT_BLANK_FRACTION,
+                   help="frames without scene objects (train/data/blank_frames.py) added to training, as a fraction "
+                        f"of --scenes; they teach the empty answers (default {DEFAULT_BLANK_FRACTION:g}; 0: none)")
+    p.add_argument("--students", choices=("both", "scratch"), default="both",
+                   help="both: the distilled student and its scratch twin (default); scratch: only the student "
+                        "without the teacher, for --max-steps (a continuation that needs no comparison)")
     p.add_argument("--kd-anneal", action=argparse.BooleanOptionalAction, default=LossWeights.teacher_anneal,
                    help="let the teacher's loss terms fall linearly to 0 over the distillation stage "
                         "(default; --no-kd-anneal keeps them constant)")
@@ -256,7 +265,7 @@ def tune_heads(out: Path, dataset: VLMSceneDataset, check: VLMSceneDataset, args
     if args.head_steps == 0:
         return
     options = HeadTuningOptions(steps=args.head_steps, scenes=args.head_scenes, seed=args.seed)
-    for name in MODELS:
+    for name in trained_models(out, args):
         stage_dir = out / STAGE_DIRS[name]
         if (stage_dir / HEAD_DIR / "config.json").is_file():
             continue
@@ -265,6 +274,13 @@ def tune_heads(out: Path, dataset: VLMSceneDataset, check: VLMSceneDataset, args
                                              show_progress=not args.no_progress, check=check)
         save_checkpoint(stage_dir / HEAD_DIR, tuned, tuned.config, step=meta["step"],
                         extra={**meta.get("extra", {}), "zero_shot_head": summary})
+
+
+def trained_models(out: Path, args: argparse.Namespace) -> list[str]:
+    """The models the later stages treat: every finished one of MODELS, or only the scratch student
+    with --students scratch (an adopted teacher is then not tuned or evaluated again)."""
+    names = ("scratch",) if args.students == "scratch" else MODELS
+    return [name for name in names if (out / STAGE_DIRS[name] / FINAL_DIR / "config.json").is_file()]
 
 
 def evaluated_checkpoint(stage_dir: Path) -> Path:
@@ -277,7 +293,8 @@ def evaluate_all(out: Path, tokenizer: Tokenizer, args: argparse.Namespace, devi
     result of other weights (e.g. before the zero-shot head stage) is measured again."""
     results: dict[str, Any] = {}
     options = EvalOptions(max_questions_per_type=args.questions_per_type)
-    for name in MODELS:
+    blanks = BlankFrames(min(args.eval_scenes, args.scenes), args.size, args.seed, SPLITS.index("test"))
+    for name in trained_models(out, args):
         stage_dir = out / STAGE_DIRS[name]
         checkpoint = evaluated_checkpoint(stage_dir)
         weights = sha256_file(checkpoint / WEIGHTS_FILE)
@@ -296,6 +313,12 @@ def evaluate_all(out: Path, tokenizer: Tokenizer, args: argparse.Namespace, devi
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(metrics, indent=2) + "\n")
             entry[split] = json.loads(path.read_text())
+        path = out / "eval" / f"{name}_blank_test.json"
+        cached = json.loads(path.read_text()) if path.is_file() else {}
+        if cached.get("weights_sha256") != weights:
+            path.write_text(json.dumps({**evaluate_blank(model, tokenizer, blanks, device), "weights_sha256": weights},
+                                       indent=2) + "\n")
+        entry["blank_test"] = json.loads(path.read_text())
         results[name] = entry
     return results
 
@@ -310,6 +333,8 @@ def results_table(models: dict[str, Any]) -> str:
                 "params": entry["params"], "caption facts %": m["caption_fact_accuracy"], "BLEU-4 %": m["bleu4"],
                 "VQA %": m["vqa_overall"], **{f"{k} %": v for k, v in m["vqa"].items() if k != "overall"},
                 "zero-shot top-1 %": m["zero_shot_top1"],
+                "blank caption claims %": entry["blank_test"]["caption_claims_rate"] if split == "test" else None,
+                "blank answer claims %": entry["blank_test"]["answer_claims_rate"] if split == "test" else None,
                 "train examples": entry["training"].get("examples"),
             }
     columns = list(dict.fromkeys(c for r in rows.values() for c in r))
@@ -336,23 +361,28 @@ def run(args: argparse.Namespace) -> int:
     configs = model_configs(args.preset, args.size, tokenizer.vocab_size)
     weights = LossWeights(teacher_anneal=args.kd_anneal)
 
-    def dataset(pseudo: dict[int, list[str]] | None = None) -> VLMSceneDataset:
-        return VLMSceneDataset(train, tokenizer, args.size, configs["student"].patch_size, TaskMix(), pseudo, args.seed)
+    if args.blank_fraction < 0:
+        raise InputError(f"--blank-fraction {args.blank_fraction} must be >= 0")
+    blanks = BlankFrames(round(args.blank_fraction * len(train)), args.size, args.seed, SPLITS.index("train"))
+    frames = SceneMix(train, blanks) if len(blanks) else train  # scenes first: pseudo-caption indices hold
 
-    if args.teacher is not None:
-        teacher_final = out / STAGE_DIRS["teacher"] / FINAL_DIR  # adopted above
+    def dataset(pseudo: dict[int, list[str]] | None = None) -> VLMSceneDataset:
+        return VLMSceneDataset(frames, tokenizer, args.size, configs["student"].patch_size, TaskMix(), pseudo, args.seed)
+
+    if args.teacher is not None or args.students == "scratch":
+        teacher_final = out / STAGE_DIRS["teacher"] / FINAL_DIR  # adopted above, or not needed
     else:
         teacher_final = train_stage("teacher", VisionLanguageModel(configs["teacher"]), dataset(), out / "teacher",
                                     _stage_options(args, "teacher", setup.device), weights, setup, show_progress=show)
     distill_dir = out / STAGE_DIRS["distilled"]
-    if not (distill_dir / FINAL_DIR / "config.json").is_file():
+    if args.students == "both" and not (distill_dir / FINAL_DIR / "config.json").is_file():
         teacher = _load(teacher_final)
         pseudo = make_pseudo_captions(out, teacher, tokenizer, train, args, setup.device)
         seed_everything(args.seed)
         train_stage("distill", new_student(configs["student"], args.init_student), dataset(pseudo), distill_dir,
                     _stage_options(args, "distill", setup.device), weights, setup, teacher=teacher, show_progress=show)
     seed_everything(args.seed)  # the scratch student starts from the distilled student's initial weights
-    distill_steps = int(json.loads((distill_dir / "stage.json").read_text())["steps"])
+    distill_steps = int(json.loads((distill_dir / "stage.json").read_text())["steps"]) if args.students == "both" else None
     train_stage("scratch", new_student(configs["student"], args.init_student), dataset(), out / STAGE_DIRS["scratch"],
                 _stage_options(args, "scratch", setup.device, max_steps=distill_steps), weights, setup,
                 show_progress=show)
@@ -372,6 +402,7 @@ def run(args: argparse.Namespace) -> int:
         "init_student": str(args.init_student) if args.init_student else None,
         "scratch_comparison": SCRATCH_COMPARISON,
         "data": {split: len(SceneDataset(out, split)) for split in ("train", "val", "test", "heldout")},
+        "blank_frames": {"train": len(blanks), "test": args.eval_scenes if args.blank_fraction else 0},
         "tokenizer_vocab": tokenizer.vocab_size,
         "loss_weights": dataclasses.asdict(weights),
         "models": models,
