@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from export.onnx_common import ExportOptions, shipped_precisions
 from tinymm.errors import InputError
 
-FAMILY_MODULES = ("export.families.whisper",)  # tried in this order
+FAMILY_MODULES = ("export.families.whisper", "export.families.smolvlm", "export.families.clip", "export.families.siglip")  # tried in this order
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,8 @@ class ClassifyResult:
 
     labels: tuple[str, ...]  # the top_k labels
     scores: tuple[float, ...]  # cosine similarity of the image and label embeddings, in [-1, 1]
-    probabilities: tuple[float, ...]  # softmax of logit_scale * cosine over the whole label set
+    # softmax of logit_scale * cosine over the whole label set; SigLIP bundles: sigmoid(logit_scale * cosine + bias)
+    probabilities: tuple[float, ...]
     timings: Timings = field(default_factory=Timings)
     rejected: bool = False  # True: the frame is outside the model's domain (the text is only the model's guess)
     reject_reason: str | None = None  # "out_of_domain" (pipelines/domain_check.py); None when not rejected

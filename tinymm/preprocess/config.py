@@ -15,8 +15,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, TypeVar
 
-RESIZE_MODES = ("stretch", "letterbox", "center_crop")
-INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos")
+RESIZE_MODES = ("stretch", "letterbox", "center_crop", "shortest_edge")
+# OpenCV filters, and "pil_*": Pillow's antialiased filters, what Hugging Face image processors resize
+# with (tinymm.preprocess.pil_resize; read by tinymm.preprocess.hf_image and image_tiles).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "area", "lanczos", "pil_bicubic", "pil_bilinear", "pil_lanczos")
 CHANNEL_ORDERS = ("RGB", "BGR")
 TENSOR_DTYPES = ("float32", "float16")
 WINDOWS = ("hann", "hamming")
@@ -63,13 +65,16 @@ class ImageConfig:
 
     height: int  # model input height in pixels
     width: int  # model input width in pixels
-    resize: str = "stretch"  # stretch | letterbox (keep aspect, pad) | center_crop (keep aspect, crop)
-    interpolation: str = "area"  # OpenCV filter used when resizing
+    # stretch | letterbox (keep aspect, pad) | center_crop (keep aspect, crop) | shortest_edge (the short
+    # side to shortest_edge pixels keeping aspect, then a centred height x width crop: CLIP's processor)
+    resize: str = "stretch"
+    interpolation: str = "area"  # OpenCV filter used when resizing, or pil_bicubic / pil_bilinear / pil_lanczos
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per channel, on pixels scaled to [0, 1]
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)  # per channel, on pixels scaled to [0, 1]
     channel_order: str = "RGB"  # channel order the model was trained on
     pad_value: int = 114  # 0-255 gray level of letterbox borders
     dtype: str = "float32"  # tensor dtype handed to the model
+    shortest_edge: int | None = None  # resize "shortest_edge" only: the short side in pixels before the crop
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
@@ -86,13 +91,23 @@ class ImageConfig:
             _check_positive("image.std[i]", s)
         if isinstance(self.pad_value, bool) or not isinstance(self.pad_value, int) or not 0 <= self.pad_value <= 255:
             raise ValueError(f"image.pad_value={self.pad_value!r} must be an integer in 0..255")
+        if (self.resize == "shortest_edge") != (self.shortest_edge is not None):
+            raise ValueError(f"image.shortest_edge={self.shortest_edge!r} is required with resize 'shortest_edge' "
+                             f"and only with it (resize is {self.resize!r})")
+        if self.shortest_edge is not None and (isinstance(self.shortest_edge, bool) or not isinstance(
+                self.shortest_edge, int) or self.shortest_edge < max(self.height, self.width)):
+            raise ValueError(f"image.shortest_edge={self.shortest_edge!r} must be an integer >= height and width "
+                             f"({self.height}x{self.width}), so that the crop fits in the resized image")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ImageConfig":
         return _from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["shortest_edge"] is None:  # absent, as in the manifests written before the field existed
+            del out["shortest_edge"]
+        return out
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
-from tinymm.errors import InputError
+from tinymm.errors import BundleError, InputError
 from tinymm.preprocess.files import read_input_file
 from tinymm.preprocess.config import ImageConfig
 
@@ -369,6 +369,12 @@ class ImagePreprocessor:
     def __init__(self, config: ImageConfig, *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         if not isinstance(config, ImageConfig):
             raise TypeError(f"config must be an ImageConfig, got {type(config).__name__}")
+        if config.interpolation not in _INTERPOLATION_FLAGS or config.resize not in ("stretch", "letterbox", "center_crop"):
+            # Pillow-exact resizes and shortest-edge crops are the Hugging Face processors' contract.
+            raise BundleError(
+                f"image contract resize={config.resize!r}, interpolation={config.interpolation!r} is not an OpenCV "
+                "one; build the preprocessor with tinymm.preprocess.hf_image.image_preprocessor(config)"
+            )
         self.config = config
         self.max_pixels = max_pixels
         self._interpolation = _INTERPOLATION_FLAGS[config.interpolation]
