@@ -182,6 +182,26 @@ def test_cli_info_verify_and_classify(bundles, image_file, capsys):
         assert load_with(path, LoadOptions(), family="vision-language").architecture == family
 
 
+def test_cli_embed_gives_the_api_embeddings_and_caption_is_refused(bundles, image_file, capsys):
+    import tinymm
+
+    for family in ("clip", "siglip"):
+        path = str(bundles[family][1])
+        pipeline = tinymm.load(path, precision="fp32")
+        capsys.readouterr()
+        assert tinymm_main(["embed", str(image_file), "--bundle", path, "--precision", "fp32", "--json"]) == 0
+        payload = json.loads(capsys.readouterr().out)
+        assert payload["kind"] == "image" and payload["dim"] == pipeline.embed_image(str(image_file)).shape[1]
+        np.testing.assert_allclose(payload["results"][0]["embedding"], pipeline.embed_image(str(image_file))[0],
+                                   atol=1e-6)
+        assert tinymm_main(["embed", "--text", "a cat", "a dog", "--bundle", path, "--precision", "fp32",
+                            "--json"]) == 0
+        rows = [r["embedding"] for r in json.loads(capsys.readouterr().out)["results"]]
+        np.testing.assert_allclose(rows, pipeline.embed_text(["a cat", "a dog"]), atol=1e-6)
+        assert tinymm_main(["caption", str(image_file), "--bundle", path]) == 4  # no decoder: a bundle error
+        assert "no decoder" in capsys.readouterr().err
+
+
 def test_the_runtime_path_imports_no_torch(bundles, image_file):
     code = ("import sys, tinymm\n"
             f"p = tinymm.load({str(bundles['clip'][1])!r})\n"

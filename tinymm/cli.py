@@ -40,6 +40,7 @@ COMMAND_MODULES = (  # each has add_parser(subparsers) and run(args)
     "tinymm.commands.caption",
     "tinymm.commands.ask",
     "tinymm.commands.classify",
+    "tinymm.commands.embed",
     "tinymm.commands.transcribe",
     "tinymm.commands.command",
     "tinymm.commands.watch",
