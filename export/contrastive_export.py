@@ -34,9 +34,9 @@ from export.contrastive_gate import GATE_LABELS, build_int8, scene_images
 from export.contrastive_source import IMAGE_ENCODER, ROLES, TEXT_ENCODER, ContrastiveSource, FamilySpec, \
     load_contrastive_source
 from export.families import ExportResult, HFExportRequest
-from export.golden import GoldenRecord, evaluate_variant, record_golden
+from export.golden import evaluate_variant, record_golden
 from export.onnx_common import bundle_name, export_onnx
-from export.parity import PARITY_MAX_ABS, ParityError, component_parity, load_session
+from export.parity import PARITY_MAX_ABS, ParityError, check_golden_variants, component_parity, load_session
 from tinymm.bundle import Component, Preprocess, Variant, read_bundle, verify_bundle
 from tinymm.bundle.writer import BundleWriter
 from tinymm.preprocess.hf_image import HFImagePreprocessor
@@ -119,25 +119,6 @@ def _probabilities(rule: str, logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def _golden_check(files: dict[str, dict[str, Path]], records: Mapping[str, GoldenRecord]) -> dict[str, Any]:
-    """Every variant against its tolerance; an int8 variant that fails is dropped from ``files``."""
-    golden: dict[str, dict[str, Any]] = {}
-    for component, variants in files.items():
-        golden[component] = {}
-        for precision, path in list(variants.items()):
-            result = evaluate_variant(path, records[component], precision)
-            golden[component][precision] = {"max_abs": result.max_abs, "min_cosine": result.min_cosine,
-                                            "passed": result.passed}
-            if result.passed:
-                continue
-            if precision != "int8":
-                raise ParityError(f"{component} {precision} is outside its golden tolerance "
-                                  f"({', '.join(result.failures)}); export without {precision}. Nothing was written")
-            logger.warning("%s int8 fails its golden tolerance (%s): not shipped", component, "; ".join(result.failures))
-            del variants[precision]
-    return golden
-
-
 def model_info(source: ContrastiveSource, embed_dim: int) -> dict[str, Any]:
     """The manifest's ``model`` object (keys: tinymm/pipelines/contrastive.py)."""
     info = {"embed_dim": embed_dim, "image_size": source.image.height, "logit_scale": source.logit_scale,
@@ -210,7 +191,7 @@ def export_contrastive(request: HFExportRequest, spec: FamilySpec) -> ExportResu
             step("int8", t)
 
         t = time.perf_counter()
-        golden = _golden_check(files, records)
+        golden = check_golden_variants(files, lambda c, p, path: evaluate_variant(path, records[c], p))
         for name, entry in parity.get("int8_gate", {}).get("components", {}).items():
             entry["shipped"] = "int8" in files[name]
         step("golden", t)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -161,3 +161,35 @@ def check_parity(report: Mapping[str, Any], max_abs: float = PARITY_MAX_ABS) -> 
             + ". Check the wrapper modules in export/onnx_*.py (eval mode, input order) and the model's "
             "export pieces; nothing was written"
         )
+
+
+def check_golden_variants(files: dict[str, dict[str, Path]], evaluate: Callable[[str, str, Path], Any],
+                          tied: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Every variant of ``files`` (component -> precision -> path) against its golden tolerance.
+
+    ``evaluate(component, precision, path)`` returns a GoldenResult. A failing fp32 or fp16 variant
+    raises ParityError (nothing is written); a failing int8 variant is dropped from ``files``, and
+    with it the int8 of every component in ``tied`` when it is one of them (graphs that share one
+    weights file ship int8 together or not at all). Returns component -> precision -> {max_abs,
+    min_cosine, passed} for the provenance.
+    """
+    golden: dict[str, dict[str, Any]] = {}
+    for component, variants in files.items():
+        golden[component] = {}
+        for precision, path in list(variants.items()):
+            if precision not in variants:  # dropped with a tied component
+                continue
+            result = evaluate(component, precision, path)
+            golden[component][precision] = {"max_abs": result.max_abs, "min_cosine": result.min_cosine,
+                                            "passed": result.passed}
+            if result.passed:
+                continue
+            if precision != "int8":
+                raise ParityError(f"{component} {precision} is outside its golden tolerance "
+                                  f"({', '.join(result.failures)}); export without {precision}. Nothing was written")
+            dropped = tied if component in tied else (component,)
+            logger.warning("%s int8 fails its golden tolerance (%s): no int8 %s shipped", component,
+                           "; ".join(result.failures), ", ".join(dropped))
+            for name in dropped:
+                files[name].pop("int8", None)
+    return golden

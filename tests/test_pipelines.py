@@ -175,7 +175,7 @@ def test_bad_labels_are_input_errors(vlm, tiny, vlm_tokenizer):
 def test_a_corrupt_image_is_an_input_error(vlm):
     with pytest.raises(InputError):
         vlm.caption(b"\x89PNG\r\n\x1a\n not really a png")
-    with pytest.raises(InputError, match="empty list"):
+    with pytest.raises(InputError, match="empty batch"):
         vlm.caption([])
 
 

@@ -30,9 +30,9 @@ from typing import Any, Mapping
 from tqdm import tqdm
 
 from export.families import ExportResult, HFExportRequest
-from export.golden import GoldenRecord, record_golden
+from export.golden import record_golden
 from export.onnx_common import bundle_name, export_onnx
-from export.parity import ParityError, load_session
+from export.parity import check_golden_variants, load_session
 from export.share_weights import WEIGHTS_STEM, WEIGHTS_SUFFIX, share_initializers
 from export.smolvlm_check import (
     DEFAULT_MIN_AGREEMENT,
@@ -81,27 +81,6 @@ def _share(files: Mapping[str, dict[str, Path]]) -> dict[str, Path]:
             if result is not None:
                 shared[precision] = result.weights
     return shared
-
-
-def _golden_check(files: dict[str, dict[str, Path]], records: Mapping[str, GoldenRecord]) -> dict[str, dict[str, Any]]:
-    """Every variant against its tolerance; a failing int8 decoder drops both int8 decoders."""
-    golden: dict[str, dict[str, Any]] = {}
-    for component, variants in files.items():
-        golden[component] = {}
-        for precision, path in list(variants.items()):
-            result = evaluate_golden(load_session(path), records[component], precision)
-            golden[component][precision] = {"max_abs": result.max_abs, "min_cosine": result.min_cosine,
-                                            "passed": result.passed}
-            if result.passed:
-                continue
-            if precision != "int8":
-                raise ParityError(f"{component} {precision} is outside its golden tolerance "
-                                  f"({', '.join(result.failures)}); export without {precision}. Nothing was written")
-            logger.warning("%s int8 fails its golden tolerance (%s): no int8 decoder shipped", component,
-                           "; ".join(result.failures))
-            for decoder in DECODERS:
-                files[decoder].pop("int8", None)
-    return golden
 
 
 def export(request: HFExportRequest) -> ExportResult:
@@ -172,7 +151,8 @@ def export(request: HFExportRequest) -> ExportResult:
         t = time.perf_counter()
         bar.set_postfix_str("golden")
         shared = _share(files)
-        golden = _golden_check(files, records)
+        golden = check_golden_variants(files, lambda c, p, path: evaluate_golden(load_session(path), records[c], p),
+                                       tied=DECODERS)
         if "int8_gate" in parity:
             parity["int8_gate"]["shipped"] = all("int8" in files[c] for c in DECODERS)
         step("golden", t)

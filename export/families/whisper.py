@@ -33,9 +33,9 @@ import numpy as np
 from tqdm import tqdm
 
 from export.families import ExportResult, HFExportRequest
-from export.golden import GoldenRecord, record_golden
+from export.golden import record_golden
 from export.onnx_common import bundle_name, export_onnx
-from export.parity import ParityError, load_session
+from export.parity import check_golden_variants, load_session
 from export.share_weights import WEIGHTS_STEM, WEIGHTS_SUFFIX, share_initializers
 from export.whisper_card import LICENSE_FILE, WHISPER_LICENSE, model_card, whisper_model_info, whisper_preprocess
 from export.whisper_clips import Clips, load_clips
@@ -96,25 +96,6 @@ def _versions() -> dict[str, str]:
 
     return {"tinymm": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
-
-
-def _golden_check(files: dict[str, dict[str, Path]], records: Mapping[str, GoldenRecord]) -> dict[str, dict[str, Any]]:
-    """Every variant against its tolerance; an int8 variant that fails is dropped from ``files``."""
-    golden: dict[str, dict[str, Any]] = {}
-    for component, variants in files.items():
-        golden[component] = {}
-        for precision, path in list(variants.items()):
-            result = evaluate_golden(path, records[component], precision)
-            golden[component][precision] = {"max_abs": result.max_abs, "min_cosine": result.min_cosine,
-                                            "passed": result.passed}
-            if result.passed:
-                continue
-            if precision != "int8":
-                raise ParityError(f"{component} {precision} is outside its golden tolerance "
-                                  f"({', '.join(result.failures)}); export without {precision}. Nothing was written")
-            logger.warning("%s int8 fails its golden tolerance (%s): not shipped", component, "; ".join(result.failures))
-            del variants[precision]
-    return golden
 
 
 def share_weights(files: Mapping[str, Mapping[str, Path]]) -> dict[str, Path]:
@@ -237,7 +218,7 @@ def export(request: HFExportRequest) -> ExportResult:
         t = time.perf_counter()
         bar.set_postfix_str("golden")
         shared = share_weights(files)
-        golden = _golden_check(files, records)
+        golden = check_golden_variants(files, lambda c, p, path: evaluate_golden(path, records[c], p))
         step("golden", t)
 
         bar.set_postfix_str("write")

@@ -30,7 +30,7 @@ from tinymm.decoding.options import DecodingOptions
 from tinymm.decoding.prefix_embeds import PrefixEmbedsInference, check_prefix_layout, count_kv_layers
 from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.results import AnswerResult, CaptionResult, StageTimer
-from tinymm.preprocess.image import load_image
+from tinymm.preprocess.image import as_batch, load_image
 from tinymm.preprocess.image_tiles import TileConfig, TilePreprocessor
 
 if TYPE_CHECKING:
@@ -92,16 +92,6 @@ def image_prompt(rows: int, cols: int, settings: SmolVLMSettings) -> str:
     return f"{grid}\n{whole}"
 
 
-def _as_batch(items: Any) -> tuple[list[Any], bool]:
-    """(list of inputs, whether a single input was given); a 4-D array is a batch of frames."""
-    if isinstance(items, (list, tuple)) or (isinstance(items, np.ndarray) and items.ndim == 4):
-        batch = list(items)
-        if not batch:
-            raise InputError("got an empty list of images; pass at least one")
-        return batch, False
-    return [items], True
-
-
 class SmolVLMPipeline:
     """Captions and answers from a SmolVLM / Idefics3 bundle.
 
@@ -159,7 +149,7 @@ class SmolVLMPipeline:
         list of them, through the checkpoint's chat template. domain_threshold is accepted for the
         vision-language surface; this architecture has no domain check, so nothing is rejected."""
         self._threshold(domain_threshold)
-        batch, single = _as_batch(images)
+        batch, single = as_batch(images)
         results = []
         for image in batch:
             hyp, text, timer = self._answer(image, CAPTION, None, decoding, rgb)
@@ -170,7 +160,7 @@ class SmolVLMPipeline:
             rgb: bool = False, domain_threshold: float | None = None) -> AnswerResult | list[AnswerResult]:
         """Answer ``question`` (one string, or one per image) about one image or each image of a list."""
         self._threshold(domain_threshold)
-        batch, single = _as_batch(images)
+        batch, single = as_batch(images)
         if not isinstance(question, (str, list, tuple)):
             raise InputError(f"question must be a string, or a list of strings (one per image); got a "
                              f"{type(question).__name__}")

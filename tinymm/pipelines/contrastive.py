@@ -35,6 +35,7 @@ from tinymm.errors import BundleError, InputError
 from tinymm.pipelines.results import ClassifyResult, StageTimer
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
 from tinymm.preprocess.hf_image import image_preprocessor
+from tinymm.preprocess.image import as_batch
 
 if TYPE_CHECKING:
     from tinymm.backends.base import Session
@@ -92,16 +93,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
-
-
-def _as_batch(items: Any, what: str) -> tuple[list[Any], bool]:
-    """(list of inputs, whether a single input was given); a 4-D array is a batch of frames."""
-    if isinstance(items, (list, tuple)) or (isinstance(items, np.ndarray) and items.ndim == 4):
-        batch = list(items)
-        if not batch:
-            raise InputError(f"got an empty list of {what}; pass at least one")
-        return batch, False
-    return [items], True
 
 
 def _texts(texts: Any, what: str) -> tuple[str, ...]:
@@ -191,7 +182,7 @@ class ContrastivePipeline:
     def embed_image(self, images: Any, *, rgb: bool = False) -> np.ndarray:
         """One image (a path, encoded bytes or an (H, W, 3) array, BGR unless ``rgb``) or a list ->
         (N, E) float32 L2-normalised image embeddings (N = 1 for one image)."""
-        batch, _ = _as_batch(images, "images")
+        batch, _ = as_batch(images)
         return self._encode_images(batch, rgb)
 
     def token_ids(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +254,7 @@ class ContrastivePipeline:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise InputError(f"top_k={top_k!r} must be a positive integer")
         chosen = self._labels(labels)
-        batch, single = _as_batch(images, "images")
+        batch, single = as_batch(images)
         timer = StageTimer()
         pixels = self.preprocessor(batch, rgb=rgb)  # (N, 3, S, S)
         timer.lap("preprocess")

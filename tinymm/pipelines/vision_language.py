@@ -54,7 +54,7 @@ from tinymm.pipelines.results import (
     Timings,
 )
 from tinymm.pipelines.sessions import bundle_tokenizer, open_sessions
-from tinymm.preprocess.image import ImagePreprocessor
+from tinymm.preprocess.image import ImagePreprocessor, as_batch
 from tinymm.preprocess.text import Tokenizer, TruncationWarning
 
 if TYPE_CHECKING:
@@ -111,16 +111,6 @@ class VisionLanguageSettings:
             logit_scale=number("logit_scale", DEFAULT_LOGIT_SCALE, float),
             labels=tuple(labels),
         )
-
-
-def _as_batch(items: Any, what: str) -> tuple[list[Any], bool]:
-    """(list of inputs, whether a single input was given); a 4-D array is a batch of frames."""
-    if isinstance(items, (list, tuple)) or (isinstance(items, np.ndarray) and items.ndim == 4):
-        batch = list(items)
-        if not batch:
-            raise InputError(f"got an empty list of {what}; pass at least one")
-        return batch, False
-    return [items], True
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:
@@ -205,7 +195,7 @@ class VisionLanguagePipeline:
         Returns a CaptionResult, or a list of them for a list of images (decoded as one batch).
         domain_threshold overrides the pipeline's ``domain_threshold`` for this call.
         """
-        batch, single = _as_batch(images, "images")
+        batch, single = as_batch(images)
         threshold = self._threshold(domain_threshold)
         hyps, texts, _, domain, timings = self._generate(batch, CAPTION, [None] * len(batch), decoding, rgb, threshold)
         results = [CaptionResult(text, h.tokens, h.mean_logprob, h.finished, timings, **verdict)
@@ -221,7 +211,7 @@ class VisionLanguagePipeline:
         ``question`` is one string (asked of every image) or a list with one question per image.
         domain_threshold overrides the pipeline's ``domain_threshold`` for this call.
         """
-        batch, single = _as_batch(images, "images")
+        batch, single = as_batch(images)
         threshold = self._threshold(domain_threshold)
         if not isinstance(question, (str, list, tuple)):
             raise InputError(
@@ -333,7 +323,7 @@ class VisionLanguagePipeline:
 
     def embed_image(self, images: Any, *, rgb: bool = False) -> np.ndarray:
         """One image or a list -> (N, E) float32 L2-normalised image embeddings."""
-        batch, _ = _as_batch(images, "images")
+        batch, _ = as_batch(images)
         pixels = self.preprocessor(batch, rgb=rgb)
         return self.image_encoder.run({"pixel_values": pixels}, ["image_embedding"])["image_embedding"]
 
@@ -392,7 +382,7 @@ class VisionLanguagePipeline:
         threshold = self._threshold(domain_threshold)
         chosen = self._labels(labels)
         self._require_text_encoder("classify")
-        batch, single = _as_batch(images, "images")
+        batch, single = as_batch(images)
         timer = StageTimer()
         pixels = self.preprocessor(batch, rgb=rgb)  # (N, 3, H, W)
         timer.lap("preprocess")

@@ -24,7 +24,14 @@ import numpy as np
 
 from tinymm.errors import BundleError, InputError
 from tinymm.preprocess.config import ImageConfig
-from tinymm.preprocess.image import _INTERPOLATION_FLAGS, MAX_IMAGE_PIXELS, ImagePreprocessor, ImageSource, load_image
+from tinymm.preprocess.image import (
+    _INTERPOLATION_FLAGS,
+    MAX_IMAGE_PIXELS,
+    ImagePreprocessor,
+    ImageSource,
+    as_batch,
+    load_image,
+)
 from tinymm.preprocess.pil_resize import pil_filter, pil_resize
 
 SHORTEST_EDGE = "shortest_edge"
@@ -86,12 +93,7 @@ class HFImagePreprocessor:
         Raises:
             InputError: as ``load_image``, naming the position of the bad image in a batch.
         """
-        if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
-            batch = list(images)
-            if not batch:
-                raise InputError("got an empty batch of images; pass at least one image")
-        else:
-            batch = [images]
+        batch, _ = as_batch(images)
         out = np.empty((len(batch), 3, self.config.height, self.config.width), dtype=np.float32)
         for i, source in enumerate(batch):
             try:

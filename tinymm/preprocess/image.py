@@ -352,6 +352,18 @@ def load_image(source: ImageSource, *, rgb: bool = False, max_pixels: int = MAX_
 # ---------------------------------------------------------------------------------------------
 
 
+def as_batch(images: ImageSource | Sequence[ImageSource], what: str = "images") -> tuple[list[ImageSource], bool]:
+    """(list of inputs, whether one input was given): a list, a tuple or a 4-D array is a batch of frames.
+
+    InputError for an empty batch."""
+    if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
+        batch = list(images)
+        if not batch:
+            raise InputError(f"got an empty batch of {what}; pass at least one")
+        return batch, False
+    return [images], True
+
+
 class ImagePreprocessor:
     """Turns images into the (N, 3, height, width) tensor an ImageConfig describes.
 
@@ -449,12 +461,7 @@ class ImagePreprocessor:
         Raises:
             InputError: as ``load_image``, naming the position of the bad image in a batch.
         """
-        if isinstance(images, (list, tuple)) or (isinstance(images, np.ndarray) and images.ndim == 4):
-            batch = list(images)
-            if not batch:
-                raise InputError("got an empty batch of images; pass at least one image")
-        else:
-            batch = [images]
+        batch, _ = as_batch(images)
         out = np.empty((len(batch), 3, self.config.height, self.config.width), dtype=np.float32)
         for i, source in enumerate(batch):
             try:
