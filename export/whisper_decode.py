@@ -50,7 +50,7 @@ class GreedyOptions:
                    tuple(tokens.begin_suppress_tokens), max_new_tokens)
 
 
-def _filter(logits: np.ndarray, step: int, options: GreedyOptions) -> np.ndarray:
+def suppressed(logits: np.ndarray, step: int, options: GreedyOptions) -> np.ndarray:
     """(B, V) logits of one step with the suppressed tokens at -inf."""
     logits = np.array(logits, dtype=np.float32, copy=True)
     vocab = logits.shape[-1]
@@ -85,7 +85,7 @@ def ort_greedy(sessions: Mapping[str, Any], features: np.ndarray, options: Greed
     cross = {name: out[name] for name in kv_names("cross", num_layers)}
     tokens, done = [], np.zeros(batch, dtype=bool)
     for step in range(options.max_new_tokens):
-        token = _filter(out["logits"][:, -1], step, options).argmax(-1).astype(np.int64)  # (B,)
+        token = suppressed(out["logits"][:, -1], step, options).argmax(-1).astype(np.int64)  # (B,)
         token[done] = options.eot
         tokens.append(token)
         done |= token == options.eot
@@ -109,7 +109,7 @@ def torch_greedy(model: Any, features: np.ndarray, options: GreedyOptions) -> li
         for step in range(options.max_new_tokens):
             hidden = model.model.decoder(input_ids=ids, encoder_hidden_states=states, use_cache=False)[0]
             logits = model.proj_out(hidden[:, -1]).numpy()
-            token = _filter(logits, step, options).argmax(-1).astype(np.int64)
+            token = suppressed(logits, step, options).argmax(-1).astype(np.int64)
             token[done] = options.eot
             tokens.append(token)
             done |= token == options.eot
