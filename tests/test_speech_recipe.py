@@ -16,7 +16,8 @@ from train.__main__ import main  # noqa: E402
 from train.loop import read_metrics  # noqa: E402
 from train.models.layers import param_count  # noqa: E402
 from train.models.speech import CTC_BLANK_ID, SpeechCTCModel  # noqa: E402
-from train.recipes.speech import DistillConfig, SpecAugmentConfig, greedy_decode, model_configs, spec_augment  # noqa: E402
+from train.recipes.speech import model_configs  # noqa: E402
+from train.speech_train import DistillConfig, SpecAugmentConfig, clip_generator, greedy_decode, spec_augment  # noqa: E402
 from train.speech_tokenizer import SpeechTokenizerConfig, load_speech_tokenizer, train_speech_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.requires_torch
@@ -49,7 +50,7 @@ def test_greedy_decode_collapses_repeats_and_drops_blanks() -> None:
 def test_spec_augment_masks_within_each_clip() -> None:
     x = torch.ones(2, 16, 50)
     cfg = SpecAugmentConfig(freq_masks=2, freq_width=4, time_masks=2, time_width=10, time_fraction=0.5)
-    masked = spec_augment(x, torch.tensor([50, 20]), cfg, torch.Generator().manual_seed(0))
+    masked = spec_augment(x, torch.tensor([50, 20]), cfg, [clip_generator(0, 0, clip) for clip in (0, 1)])
     assert masked.shape == x.shape and torch.equal(x, torch.ones(2, 16, 50))  # input untouched
     assert 0 < int((masked == 0).sum()) < x.numel() // 2
     # Time masks of clip 2 stay inside its 20 valid frames: a frame past it is zero only where a band is.
@@ -64,7 +65,7 @@ def test_layer_pairs_end_at_the_last_blocks() -> None:
 
 
 def test_annealed_distillation_ends_on_the_ground_truth() -> None:
-    from train.recipes.speech import Distiller
+    from train.speech_train import Distiller
 
     teacher_cfg, student_cfg = model_configs("tiny", vocab_size=20)
     teacher = SpeechCTCModel(teacher_cfg)

@@ -23,6 +23,18 @@ the distilled student STUDENT_SHARE; the scratch student runs the distilled stud
 (capped at the same time). With ``--teacher DIR`` (a finished teacher checkpoint with its
 tokenizer, such as the committed ``train/teachers/speech``) the teacher stage is not run, the
 tokenizer is the teacher's, and the teacher's share of the budget goes to the distilled student.
+
+Several processes (CPU cores, GPUs or machines) train each stage with DistributedDataParallel when
+started by torchrun; ``--batch-size`` stays the global batch, which the ranks share:
+
+    torchrun --nproc_per_node 2 -m train speech --out runs/speech --threads 1      # 2 CPU processes, gloo
+    torchrun --nproc_per_node 4 -m train speech --out runs/speech --device cuda    # 4 GPUs, nccl
+
+Rank 0 prepares the data, tokenizer and features first, writes every checkpoint, metric and
+result, and its clock ends the time budget for all ranks (``train/speech_train.py`` says how the
+losses are shared; OUT must be readable by every rank). A step-limited stage (``--max-steps``)
+on N processes ends with the weights of one process up to float rounding, when the model has no
+dropout (the tiny preset; with dropout each rank draws its own masks).
 """
 
 from __future__ import annotations
@@ -33,100 +45,34 @@ import json
 import logging
 import os
 import platform
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from tinymm.decoding.grammar import GrammarDecoder, GrammarHypothesis
+from tinymm.decoding.grammar import GrammarDecoder
 from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
 from tinymm.preprocess.config import AudioConfig
 from tinymm.robot.grammar import ROBOT_COMMANDS, builtin_grammar
 from tinymm.robot.intent import IntentParser
 from tinymm.robot.transcripts import normalize_transcript
-from train.checkpoint import adopt_files, latest_checkpoint, load_checkpoint, load_optimizer_state, \
-    read_checkpoint_meta, save_checkpoint, step_dir_name
+from train import distributed as ddp
+from train.checkpoint import adopt_files, load_checkpoint, read_checkpoint_meta
 from train.data.speech_dataset import SPLITS, SpeechDataset
-from train.loop import MetricsLogger, TimeBudget, progress, seed_everything, set_lr, set_threads, \
-    teacher_anneal_scale, warmup_cosine_lr
-from train.losses import ctc_posterior_kd_loss, hidden_match_loss
+from train.loop import seed_everything, set_threads
 from train.metrics_speech import score_transcripts
-from train.models.layers import key_padding_mask, param_count
-from train.models.speech import CTC_BLANK_ID, SpeechConfig, SpeechCTCModel, SpeechOutput
-from train.speech_features import FeatureSet, batches, collate, ensure_data, ensure_features, load_features
+from train.models.layers import param_count
+from train.models.speech import CTC_BLANK_ID, SpeechConfig, SpeechCTCModel
+from train.speech_features import FeatureSet, ensure_data, ensure_features, load_features
 from train.speech_tokenizer import GRAMMAR_FILE, LEXICON_FILE, MODEL_TYPES, SpeechTokenizerConfig, \
     load_speech_tokenizer, read_grammar, read_lexicon, train_speech_tokenizer, write_grammar, write_lexicon
+from train.speech_train import DistillConfig, Distiller, TrainConfig, decode, train_stage
 
 logger = logging.getLogger(__name__)
 
 TEACHER_SHARE = 0.5  # of --budget-minutes
 STUDENT_SHARE = 0.3  # of --budget-minutes; the scratch student is capped at the same time
-FINAL_DIR = "final"
-PROJECTIONS_FILE = "projections.pt"  # the distillation projections, saved next to step checkpoints
-EVAL_BATCH = 32  # clips per inference batch
-VAL_CLIPS_DURING_TRAINING = 200  # val clips decoded at each checkpoint (the val WER in metrics.jsonl)
-
-
-@dataclass(frozen=True)
-class SpecAugmentConfig:
-    """SpecAugment-style masking of training features (no time warp)."""
-
-    freq_masks: int = 2  # masks per clip over mel bands
-    freq_width: int = 10  # mel bands, largest width of a mask (80 mels)
-    time_masks: int = 2  # masks per clip over frames
-    time_width: int = 25  # frames (10 ms each), largest width of a mask
-    time_fraction: float = 0.15  # a time mask covers at most this share of the clip
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training stage."""
-
-    minutes: float | None  # wall-clock budget (None: steps only)
-    max_steps: int | None  # step budget (None: time only)
-    batch_size: int = 16  # clips per step
-    peak_lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0  # max global gradient norm
-    checkpoint_minutes: float = 10.0  # wall-clock minutes between resume checkpoints
-    log_every: int = 10  # steps per metrics.jsonl row
-    seed: int = 0  # init, batch order and masks
-    spec_augment: SpecAugmentConfig = field(default_factory=SpecAugmentConfig)
-
-    def __post_init__(self) -> None:
-        if self.minutes is None and self.max_steps is None:
-            raise ValueError("a training stage needs a time budget (minutes) or max_steps, or both")
-
-
-@dataclass(frozen=True)
-class DistillConfig:
-    """Loss weights of the distilled student: ctc * CTC + kd * KL(posteriors, T) + hidden * MSE(states)."""
-
-    ctc_weight: float = 1.0
-    kd_weight: float = 1.0
-    temperature: float = 2.0  # softens the teacher's peaky CTC posteriors
-    hidden_weight: float = 0.5
-    hidden_layers: int = 3  # student blocks matched to teacher blocks, spaced evenly, last to last
-    # The teacher's terms fall linearly to 0 over the stage, so that a student that outgrows its
-    # teacher ends on the ground truth alone (train/RESULTS.md: trained 3x longer than its teacher,
-    # a student with constant weights lost to its scratch twin; annealed, it beat it).
-    anneal: bool = True
-
-    def layer_pairs(self, student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
-        """(student block, teacher block) 0-based pairs at evenly spaced relative depths, ending at both last blocks."""
-        n = min(self.hidden_layers, student_layers)
-        pairs = []
-        for k in range(1, n + 1):
-            s = round(k * student_layers / n) - 1
-            pairs.append((s, round((s + 1) * teacher_layers / student_layers) - 1))
-        return pairs
 
 
 def model_configs(preset: str, vocab_size: int, teacher_width: int | None = None,
@@ -142,201 +88,6 @@ def model_configs(preset: str, vocab_size: int, teacher_width: int | None = None
     if teacher_layers is not None:
         teacher = dataclasses.replace(teacher, layers=teacher_layers)
     return teacher, student
-
-
-def spec_augment(x: torch.Tensor, lengths: torch.Tensor, cfg: SpecAugmentConfig, gen: torch.Generator) -> torch.Tensor:
-    """Zero random mel bands and frame spans of (B, n_mels, T) features; returns a new tensor."""
-    x = x.clone()
-    n_mels = x.shape[1]
-    for b in range(x.shape[0]):
-        for _ in range(cfg.freq_masks):
-            width = int(torch.randint(0, min(cfg.freq_width, n_mels // 4) + 1, (1,), generator=gen))
-            start = int(torch.randint(0, n_mels - width + 1, (1,), generator=gen))
-            x[b, start:start + width, :] = 0.0
-        length = int(lengths[b])
-        for _ in range(cfg.time_masks):
-            width = int(torch.randint(0, min(cfg.time_width, int(cfg.time_fraction * length)) + 1, (1,), generator=gen))
-            start = int(torch.randint(0, max(length - width, 0) + 1, (1,), generator=gen))
-            x[b, :, start:start + width] = 0.0
-    return x
-
-
-def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, labels: list[list[int]]) -> torch.Tensor:
-    """Mean CTC loss (per target token) of (B, T', V) log-probs against label id lists."""
-    targets = torch.tensor([t for label in labels for t in label], dtype=torch.int64)
-    target_lengths = torch.tensor([len(label) for label in labels], dtype=torch.int64)
-    return F.ctc_loss(log_probs.transpose(0, 1), targets, out_lengths, target_lengths, blank=CTC_BLANK_ID,
-                      zero_infinity=True)
-
-
-# ----------------------------------------------------------------------------------------------
-# Training
-
-
-def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor) -> list[list[int]]:
-    """(B, T', V) log-probs, (B,) valid frames -> token ids per clip: argmax, collapse repeats, drop blanks."""
-    best = log_probs.argmax(dim=-1)  # (B, T')
-    out = []
-    for row, n in zip(best.tolist(), lengths.tolist()):
-        ids, previous = [], None
-        for token in row[:n]:
-            if token != previous and token != CTC_BLANK_ID:
-                ids.append(token)
-            previous = token
-        out.append(ids)
-    return out
-
-
-@torch.inference_mode()
-def decode(model: SpeechCTCModel, data: FeatureSet, tokenizer, limit: int | None = None, show: bool = False,
-           grammar: GrammarDecoder | None = None) -> tuple[list[str], list[GrammarHypothesis | None]]:
-    """Greedy CTC transcripts (normalized) of the first ``limit`` clips of ``data``, and each clip's
-    best sentence of ``grammar`` (the runtime's decoder; None without one)."""
-    was_training = model.training
-    model.eval()
-    n = len(data) if limit is None else min(limit, len(data))
-    order = np.argsort([f.shape[1] for f in data.features[:n]], kind="stable")
-    texts: list[str] = [""] * n
-    best: list[GrammarHypothesis | None] = [None] * n
-    for start in progress(range(0, n, EVAL_BATCH), enabled=show, desc="decode", leave=False):
-        idx = order[start:start + EVAL_BATCH]
-        log_probs, out_lengths = model(*collate(data, idx))
-        for row, (i, ids) in enumerate(zip(idx, greedy_decode(log_probs, out_lengths))):
-            texts[i] = normalize_transcript(tokenizer.decode(ids))
-            if grammar is not None:
-                best[i] = grammar.decode(log_probs[row, : out_lengths[row]].numpy())
-    model.train(was_training)
-    return texts, best
-
-
-def transcribe(model: SpeechCTCModel, data: FeatureSet, tokenizer, limit: int | None = None, show: bool = False) -> list[str]:
-    """Greedy CTC transcripts (normalized) of the first ``limit`` clips of ``data``."""
-    return decode(model, data, tokenizer, limit, show)[0]
-
-
-class Distiller:
-    """The teacher side of the distilled student's loss: the frozen teacher and the trained projections."""
-
-    def __init__(self, teacher: SpeechCTCModel, student: SpeechConfig, cfg: DistillConfig) -> None:
-        if teacher.config.subsampling_layers != student.subsampling_layers:
-            raise ValueError("frame-level distillation needs teacher and student at the same frame rate "
-                             f"(subsampling_layers {teacher.config.subsampling_layers} != {student.subsampling_layers})")
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.cfg = cfg
-        self.pairs = cfg.layer_pairs(student.layers, teacher.config.layers)
-        self.projections = nn.ModuleList(nn.Linear(student.d_model, teacher.config.d_model) for _ in self.pairs)
-
-    def losses(self, out: SpeechOutput, features: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
-        """KD and hidden-state losses of a student forward on (B, n_mels, T) unmasked features."""
-        with torch.no_grad():
-            target = self.teacher.forward_features(features, lengths)  # the teacher hears the unmasked clip
-        valid = key_padding_mask(out.lengths, out.log_probs.shape[1])  # (B, T')
-        width = (self.teacher.config.d_model,)
-        hidden = [hidden_match_loss(out.hidden_states[s], F.layer_norm(target.hidden_states[t], width), proj, valid)
-                  for (s, t), proj in zip(self.pairs, self.projections)]
-        return {"kd": ctc_posterior_kd_loss(out.log_probs, target.log_probs, out.lengths, self.cfg.temperature),
-                "hidden": sum(hidden) / len(hidden)}
-
-    def teacher_scale(self, progress: float) -> float:
-        """Factor on the teacher's terms at ``progress`` (0..1) of the stage."""
-        return teacher_anneal_scale(self.cfg.anneal, progress)
-
-    def total(self, losses: dict[str, torch.Tensor], progress: float = 0.0) -> torch.Tensor:
-        scale = self.teacher_scale(progress)
-        return (self.cfg.ctc_weight * losses["ctc"]
-                + scale * (self.cfg.kd_weight * losses["kd"] + self.cfg.hidden_weight * losses["hidden"]))
-
-
-def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, val: FeatureSet, tokenizer,
-                cfg: TrainConfig, show: bool, distiller: Distiller | None = None) -> Path:
-    """Train ``model`` with CTC (plus ``distiller``'s losses when given); returns the final checkpoint.
-
-    Skips when OUT/name/final exists; resumes from the newest OUT/name/step_* checkpoint.
-    """
-    run_dir = out / name
-    final = run_dir / FINAL_DIR
-    if (final / "config.json").is_file():
-        logger.info("stage %s: done (%s)", name, final)
-        return final
-    projections = distiller.projections if distiller is not None else nn.ModuleList()
-    params = list(model.parameters()) + list(projections.parameters())
-    optimizer = torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
-    step, spent_s, first_loss = 0, 0.0, None
-    resume = latest_checkpoint(run_dir)
-    if resume is not None:
-        restored, _, meta = load_checkpoint(resume, SpeechCTCModel, SpeechConfig)
-        model.load_state_dict(restored.state_dict())
-        load_optimizer_state(resume, optimizer)
-        if (run_dir / PROJECTIONS_FILE).is_file():
-            projections.load_state_dict(torch.load(run_dir / PROJECTIONS_FILE, weights_only=True))
-        step, spent_s, first_loss = meta["step"], meta["extra"]["train_seconds"], meta["extra"].get("first_loss")
-        logger.info("stage %s: resuming from %s (step %d)", name, resume, step)
-    budget = TimeBudget(cfg.minutes, spent_s=spent_s)
-    rng = np.random.default_rng([cfg.seed, step])
-    gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    model.train()
-    logger.info("stage %s: %d parameters, %s steps, %s minutes", name, param_count(model), cfg.max_steps, cfg.minutes)
-
-    def checkpoint(path: Path, last_loss: float | None) -> None:
-        if len(projections):
-            tmp = run_dir / (PROJECTIONS_FILE + ".tmp")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            torch.save(projections.state_dict(), tmp)
-            os.replace(tmp, run_dir / PROJECTIONS_FILE)
-        extra = {"train_seconds": round(budget.elapsed(), 1), "first_loss": first_loss, "last_loss": last_loss,
-                 "stage": name, "train_config": dataclasses.asdict(cfg),
-                 "distill": dataclasses.asdict(distiller.cfg) if distiller else None, "train_clips": len(train)}
-        save_checkpoint(path, model, model.config, step=step, optimizer=optimizer, extra=extra)
-
-    last_save = budget.elapsed()
-    running: dict[str, list[float]] = {}
-    last_loss = None
-    with MetricsLogger(run_dir / "metrics.jsonl") as metrics, \
-            progress(total=cfg.max_steps, initial=step, enabled=show, desc=name, unit="step") as bar:
-        for idx in batches(train, cfg.batch_size, rng):
-            if (cfg.max_steps is not None and step >= cfg.max_steps) or budget.expired():
-                break
-            fraction = max(step / cfg.max_steps if cfg.max_steps else 0.0, budget.fraction())
-            set_lr(optimizer, warmup_cosine_lr(step, fraction, cfg.peak_lr, cfg.warmup_steps, cfg.min_lr))
-            x, lengths = collate(train, idx)
-            out = model.forward_features(spec_augment(x, lengths, cfg.spec_augment, gen), lengths)
-            losses = {"ctc": ctc_loss(out.log_probs, out.lengths, [train.labels[i] for i in idx])}
-            if distiller is not None:
-                losses.update(distiller.losses(out, x, lengths))
-            loss = distiller.total(losses, fraction) if distiller is not None else losses["ctc"]
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            for key, value in {"loss": loss, **losses}.items():
-                running.setdefault(key, []).append(float(value.detach()))
-            if step % cfg.log_every == 0:
-                means = {k: round(float(np.mean(v)), 4) for k, v in running.items()}
-                first_loss = means["loss"] if first_loss is None else first_loss
-                last_loss = means["loss"]
-                if distiller is not None:
-                    means["teacher_scale"] = round(distiller.teacher_scale(fraction), 4)
-                metrics.log(step, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm), **means)
-                bar.set_postfix(loss=means["loss"])
-                running = {}
-            if budget.elapsed() - last_save > cfg.checkpoint_minutes * 60:
-                val_wer = score_transcripts(val.transcripts[:VAL_CLIPS_DURING_TRAINING],
-                                            transcribe(model, val, tokenizer, VAL_CLIPS_DURING_TRAINING)).wer
-                metrics.log(step, val_wer=round(val_wer, 4))
-                logger.info("stage %s: step %d, val WER %.3f on %d clips", name, step, val_wer,
-                            min(len(val), VAL_CLIPS_DURING_TRAINING))
-                checkpoint(run_dir / step_dir_name(step), last_loss)
-                last_save = budget.elapsed()
-        if running:  # a partial logging window at the end
-            last_loss = round(float(np.mean(running["loss"])), 4)
-            first_loss = last_loss if first_loss is None else first_loss
-            metrics.log(step, **{k: round(float(np.mean(v)), 4) for k, v in running.items()})
-    checkpoint(final, last_loss)
-    logger.info("stage %s: finished at step %d after %.1f min, loss %s -> %s", name, step, budget.elapsed() / 60,
-                first_loss, last_loss)
-    return final
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,38 +204,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--checkpoint-minutes", type=float, default=10.0, help="minutes between resume checkpoints")
     p.add_argument("--log-every", type=int, default=10, help="steps per metrics.jsonl row")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (per process under torchrun)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the stages train; under torchrun, cuda gives each process the GPU LOCAL_RANK")
     p.add_argument("--workers", type=int, default=2, help="speech synthesis processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    with ddp.process_group(torch.device(args.device)) as device:  # one process without torchrun
+        return run_on(args, device)
+
+
+def run_on(args: argparse.Namespace, device: torch.device) -> int:
+    """The recipe on this process's ``device``: every rank trains, rank 0 alone evaluates."""
     out: Path = args.out
-    show = not args.quiet
+    show = not args.quiet and ddp.is_main()
     set_threads(args.threads)
     seed_everything(args.seed)
     budget = args.budget_minutes if args.budget_minutes is not None else (None if args.max_steps else 90.0)
-    out.mkdir(parents=True, exist_ok=True)
-    data_dir = ensure_data(out, args.clips, args.eval_clips, args.seed, args.workers, show)
-
     tokenizer_path = out / "tokenizer" / "speech.model"
-    if args.teacher is not None:
-        adopt_teacher_tokenizer(args.teacher, tokenizer_path.parent)
-    if not tokenizer_path.is_file():
-        logger.info("stage tokenizer")
-        train_speech_tokenizer((item["transcript"] for item in SpeechDataset(data_dir, "train").items), tokenizer_path,
-                               SpeechTokenizerConfig(vocab_size=args.vocab_size, model_type=args.tokenizer))
-    tokenizer = load_speech_tokenizer(tokenizer_path)
-    lexicon_path = tokenizer_path.with_name(LEXICON_FILE)
-    if not lexicon_path.is_file():
-        write_lexicon((item["transcript"] for item in SpeechDataset(data_dir, "train").items), lexicon_path)
-    lexicon = Lexicon(read_lexicon(lexicon_path))
-    grammar = grammar_decoder(tokenizer_path, tokenizer)
-    teacher_cfg, student_cfg = model_configs(args.preset, tokenizer.vocab_size, args.teacher_width, args.teacher_layers)
-    audio = AudioConfig(n_mels=student_cfg.n_mels)
-    splits = {split: load_features(data_dir, ensure_features(data_dir, out, split, audio, show), split, tokenizer)
-              for split in SPLITS}
+    with ddp.main_first():  # rank 0 writes the data, tokenizer and features; the others then read them
+        out.mkdir(parents=True, exist_ok=True)
+        data_dir = ensure_data(out, args.clips, args.eval_clips, args.seed, args.workers, show)
+        if args.teacher is not None:
+            adopt_teacher_tokenizer(args.teacher, tokenizer_path.parent)
+        if not tokenizer_path.is_file():
+            logger.info("stage tokenizer")
+            train_speech_tokenizer((item["transcript"] for item in SpeechDataset(data_dir, "train").items),
+                                   tokenizer_path,
+                                   SpeechTokenizerConfig(vocab_size=args.vocab_size, model_type=args.tokenizer))
+        tokenizer = load_speech_tokenizer(tokenizer_path)
+        lexicon_path = tokenizer_path.with_name(LEXICON_FILE)
+        if not lexicon_path.is_file():
+            write_lexicon((item["transcript"] for item in SpeechDataset(data_dir, "train").items), lexicon_path)
+        lexicon = Lexicon(read_lexicon(lexicon_path))
+        grammar = grammar_decoder(tokenizer_path, tokenizer)
+        teacher_cfg, student_cfg = model_configs(args.preset, tokenizer.vocab_size, args.teacher_width,
+                                                 args.teacher_layers)
+        audio = AudioConfig(n_mels=student_cfg.n_mels)
+        splits = {split: load_features(data_dir, ensure_features(data_dir, out, split, audio, show), split, tokenizer)
+                  for split in SPLITS}
 
     def stage_config(share: float | None, max_steps: int | None, seed: int) -> TrainConfig:
         return TrainConfig(minutes=None if budget is None or share is None else budget * share, max_steps=max_steps,
@@ -495,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(seed)
         return SpeechCTCModel(config)
 
-    common = dict(out=out, train=splits["train"], val=splits["val"], tokenizer=tokenizer, show=show)
+    common = dict(out=out, train=splits["train"], val=splits["val"], tokenizer=tokenizer, show=show, device=device)
     if args.teacher is not None:
         finals = {"teacher": args.teacher}
         student_share = STUDENT_SHARE + TEACHER_SHARE
@@ -517,6 +278,8 @@ def run(args: argparse.Namespace) -> int:
     finals["student_scratch"] = train_stage("student_scratch", model=fresh(student_cfg, student_seed),
                                             cfg=stage_config(student_share, kd_steps, student_seed), **common)
 
+    if not ddp.is_main():  # evaluation and results are rank 0's
+        return 0
     logger.info("stage evaluate")
     models = evaluate(finals, {"test": splits["test"], "val": splits["val"]}, tokenizer, show, lexicon, grammar)
     results = {
@@ -525,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "file": str(tokenizer_path)},
         "budget_minutes": budget,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
+                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "processes": ddp.world_size(), "device": str(device)},
         "args": {key: str(value) for key, value in vars(args).items() if not key.startswith("_")},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
