@@ -265,3 +265,12 @@ def int8_decoders(files: Mapping[str, Path], work: Path) -> dict[str, Path]:
     from export.quantize import quantize_dynamic_int8
 
     return {c: quantize_dynamic_int8(files[c], work / f"{c}.int8.onnx") for c in DECODERS}
+
+
+def int8_vision(fp32: Path, samples: Sequence[Sample], work: Path) -> Path:
+    """Static QDQ int8 (per-channel, reduced-range weights) of the vision encoder, calibrated on the
+    samples' tiles: the vision tower is a ViT, where static activations quantize well."""
+    from export.quantize import quantize_static_qdq
+
+    calibration = [{"pixel_values": tile[None]} for sample in samples for tile in sample.pixels]
+    return quantize_static_qdq(fp32, work / "vision_encoder.int8.onnx", calibration)

@@ -39,14 +39,16 @@ def tiny_bundles(tmp_path_factory):
 
 
 def test_study_reports_every_task_and_variant(tiny_bundles, tmp_path):
-    doc = study.run_study(tiny_bundles, [1], runs=2, warmup=0, decode_steps=2)
+    bundles = {**tiny_bundles, "smolvlm" + study.UNGATED: tiny_bundles["smolvlm"]}  # the extra variant (int8 ships here)
+    doc = study.run_study(bundles, [1], runs=2, warmup=0, decode_steps=2)
     doc.update({"command": "test", "machine_summary": "test machine", "configs": study.CONFIGS,
                 "load_average": {"start": [0.0] * 3, "end": [0.0] * 3}})
     paths = study.write_report(doc, tmp_path, "speed")
     latency = doc["threads"]["1"]["latency"]
     assert list(latency) == list(study.TASKS)
     for task, variants in latency.items():
-        assert sorted(variants) == sorted(study.VARIANTS), task
+        extra = (study.EXTRA,) if task.startswith("smolvlm") else ()
+        assert sorted(variants) == sorted((*study.VARIANTS, *extra)), task
         expected = 2 * 2 if task == "smolvlm-decode" else 2  # decode: steps per call x runs
         for variant, entry in variants.items():
             assert entry["total"]["n"] == expected and entry["total"]["p50"] > 0, (task, variant)
@@ -54,11 +56,12 @@ def test_study_reports_every_task_and_variant(tiny_bundles, tmp_path):
                 # the clock saw onnxruntime's runs, and they fit inside the end-to-end time
                 assert 0 < entry["onnxruntime"]["p50"] <= entry["total"]["p50"], (task, variant)
     targets = doc["threads"]["1"]["targets"]
-    assert len(targets) == 2 * len(study.TASKS)
-    assert doc["loaded"]["clip-image"]["tinymm-int8"]["image_encoder"].endswith(".onnx")
+    assert len(targets) == 2 * len(study.TASKS) + 2  # and one informational row per SmolVLM task
+    assert "int8" in doc["loaded"]["clip-image"]["tinymm-int8"]["image_encoder"]
+    assert "int8" in doc["loaded"]["smolvlm-decode"][study.EXTRA]["decoder_with_past"]
     markdown = paths["md"].read_text()
-    for task in study.TASKS:
-        for label in study.LABELS.values():
-            assert f"| {task} | {label} |" in markdown
+    for task, variants in latency.items():
+        for variant in variants:
+            assert f"| {task} | {study.LABELS[variant]} |" in markdown
     assert json.loads(paths["json"].read_text())["threads"]["1"]["latency"].keys() == latency.keys()
     assert paths["png"].stat().st_size > 0

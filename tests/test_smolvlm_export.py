@@ -125,6 +125,10 @@ def test_int8_agreement_is_reported(exported):
     assert 0.0 <= gate["agreement"] <= 100.0 and gate["tokens"] > 0
     shipped = all("int8" in bundle.manifest.components[c].variants for c in ("decoder_first", "decoder_with_past"))
     assert gate["shipped"] == shipped
+    vision = bundle.manifest.provenance["export"]["parity"]["int8_gate_vision"]
+    assert 0.0 <= vision["agreement"] <= 100.0 and vision["tokens"] > 0
+    assert vision["shipped"] == ("int8" in bundle.manifest.components["vision_encoder"].variants)
+    assert vision["shipped"]  # the tests' gate (max_metric_drop 50) lets a static int8 ViT through
     greedy = bundle.manifest.provenance["export"]["parity"]["greedy"]
     assert greedy["identical"] == greedy["samples"] >= 4
 

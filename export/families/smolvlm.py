@@ -11,7 +11,8 @@
    cache against transformers' ``generate`` (identical tokens); a failure stops here and nothing
    is written. Inputs: images of ``--data`` (a folder), else generated scenes, through
    transformers' own image processor;
-4. fp16 variants (export/fp16.py), and dynamic int8 decoders behind the greedy agreement gate
+4. fp16 variants (export/fp16.py), dynamic int8 decoders and a static QDQ int8 vision encoder, each
+   behind the greedy agreement gate
    (teacher-forced agreement with fp32 >= 100 - max_metric_drop percent); every variant is checked
    against its golden tolerance (an int8 one that fails is not shipped);
 5. write the bundle (manifest with ``architecture="smolvlm"`` and tensor roles, ONNX files, the
@@ -43,6 +44,7 @@ from export.smolvlm_check import (
     golden_cases,
     golden_pair,
     int8_decoders,
+    int8_vision,
     make_samples,
     teacher_forced_agreement,
 )
@@ -146,6 +148,18 @@ def export(request: HFExportRequest) -> ExportResult:
                 logger.warning("int8 decoders agree with fp32 on %.1f%% of greedy tokens (< %.1f%%): not shipped",
                                report["agreement"], min_agreement)
             parity["int8_gate"] = report
+            # The vision tower: static int8, judged with the fp32 decoders by the same agreement.
+            vision = int8_vision(files["vision_encoder"]["fp32"], samples, work)
+            vision_report = teacher_forced_agreement(sessions, {**sessions, "vision_encoder": load_session(vision)},
+                                                     samples[GREEDY_SAMPLES:] or samples, source.token_ids["image"],
+                                                     source.eos_id, GREEDY_STEPS)
+            vision_report.update(min_agreement=min_agreement, shipped=vision_report["agreement"] >= min_agreement)
+            if vision_report["shipped"]:
+                files["vision_encoder"]["int8"] = vision
+            else:
+                logger.warning("the int8 vision encoder agrees with fp32 on %.1f%% of greedy tokens (< %.1f%%): "
+                               "not shipped", vision_report["agreement"], min_agreement)
+            parity["int8_gate_vision"] = vision_report
             step("int8", t)
 
         t = time.perf_counter()
@@ -155,6 +169,7 @@ def export(request: HFExportRequest) -> ExportResult:
                                        tied=DECODERS)
         if "int8_gate" in parity:
             parity["int8_gate"]["shipped"] = all("int8" in files[c] for c in DECODERS)
+            parity["int8_gate_vision"]["shipped"] = "int8" in files["vision_encoder"]
         step("golden", t)
 
         bar.set_postfix_str("write")
@@ -208,7 +223,13 @@ def _model_card(name: str, files: Mapping[str, Mapping[str, Path]], golden: Mapp
     if gate:
         lines += [f"- int8 decoders: {gate['agreement']}% teacher-forced greedy agreement with fp32 over "
                   f"{gate['tokens']} tokens ({gate['identical_sequences']} of {gate['samples']} sequences identical); "
-                  f"{'shipped' if gate['shipped'] else 'not shipped'} (gate {gate['min_agreement']}%)", ""]
+                  f"{'shipped' if gate['shipped'] else 'not shipped'} (gate {gate['min_agreement']}%)"]
+    vision = parity.get("int8_gate_vision")
+    if vision:
+        lines += [f"- int8 vision encoder (static QDQ) with the fp32 decoders: {vision['agreement']}% agreement; "
+                  f"{'shipped' if vision['shipped'] else 'not shipped'}"]
+    if gate or vision:
+        lines += [""]
     lines += ["| component | precision | file | size (bytes) | max abs error | min cosine |", "|---|---|---|---:|---:|---:|"]
     for component, variants in files.items():
         for precision, path in variants.items():
