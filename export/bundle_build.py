@@ -276,7 +276,9 @@ def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, 
         g = parity["greedy"]
         lines += ["", f"Greedy decoding with the KV cache (onnxruntime) vs without (torch): "
                       f"{'identical' if g['tokens_match'] else 'DIFFERENT'} tokens over {g['steps']} steps x {g['batch']}."]
-    info = {k: (f"{len(v)} labels, e.g. {v[0]!r}" if k == "labels" and v else v) for k, v in prepared.model_info.items()}
+    info = {k: (f"{len(v)} labels, e.g. {v[0]!r}" if k == "labels" and v else v) for k, v in prepared.model_info.items()
+            if k != "domain_check"}
+    lines += _domain_lines(prepared.model_info.get("domain_check"))
     lines += ["", "## Preprocessing contract", "",
               *(f"- {section}: `{json.dumps(config)}`" for section, config in prepared.preprocess.to_dict().items()),
               "", "## Model (manifest `model` object)", "", *(f"- {k}: {v}" for k, v in info.items()), "",
@@ -286,6 +288,19 @@ def _model_card(name: str, prepared: Prepared, files: Mapping[str, Mapping[str, 
               "- versions: " + ", ".join(f"{k} {v}" for k, v in provenance["versions"].items()),
               f"- created: {provenance['export']['created']}", ""]
     return "\n".join(lines)
+
+
+def _domain_lines(spec: Mapping[str, Any] | None) -> list[str]:
+    """The model card's account of the domain check (export/vlm_domain.py), or nothing without one."""
+    if not spec:
+        return []
+    calibration = spec["calibration"]
+    rejected = ", ".join(f"{p} {r['rejected']} of {r['scenes']}" for p, r in calibration["test_rejected"].items())
+    return ["", "## Domain check", "",
+            f"A frame whose mean image token lies farther than {spec['threshold']} (Mahalanobis distance) from "
+            f"the Gaussian of {calibration['reference']} is rejected (`reject_reason: out_of_domain`). The "
+            f"threshold is {calibration['threshold_rule']}; test scenes rejected: {rejected}. File "
+            f"`{spec['file']}`; see tinymm/pipelines/domain_check.py."]
 
 
 def _with_domain_check(prepared: Prepared, request: ExportRequest, encoders: Mapping[str, Path],
