@@ -82,6 +82,11 @@ def test_bad_ids_are_input_errors(hf):
         hf.encode(b"bytes")  # type: ignore[arg-type]
 
 
+def test_text_that_is_not_valid_unicode_is_an_input_error(hf):
+    with pytest.raises(InputError, match="not valid Unicode"):
+        hf.encode("stop \ud800 now")  # a lone surrogate, as a bad decode leaves it
+
+
 def test_both_tokenizers_satisfy_the_protocol(hf, whisper_files, tmp_path):
     path, _, config = whisper_files
     assert isinstance(hf, Tokenizer)

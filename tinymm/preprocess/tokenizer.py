@@ -112,6 +112,11 @@ class HFTokenizer:
         """Token ids of ``text`` (byte-level BPE for Whisper), with no special tokens."""
         if not isinstance(text, str):
             raise InputError(f"text must be a str, got {type(text).__name__} {text!r:.60}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate: the tokenizers library would raise a TypeError
+            raise InputError(f"text {text!r:.60} holds a character that is not valid Unicode ({e.reason} at "
+                             f"position {e.start}); decode the input as UTF-8 first") from e
         return list(self._tok.encode(text, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int] | np.ndarray, *, skip_special_tokens: bool = True) -> str:
