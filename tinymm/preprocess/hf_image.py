@@ -22,7 +22,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from tinymm.errors import BundleError, InputError
+from tinymm.errors import BundleError
 from tinymm.preprocess.config import ImageConfig
 from tinymm.preprocess.image import (
     _INTERPOLATION_FLAGS,
@@ -30,6 +30,7 @@ from tinymm.preprocess.image import (
     ImagePreprocessor,
     ImageSource,
     as_batch,
+    load_each,
     load_image,
 )
 from tinymm.preprocess.pil_resize import pil_filter, pil_resize
@@ -95,13 +96,7 @@ class HFImagePreprocessor:
         """
         batch, _ = as_batch(images)
         out = np.empty((len(batch), 3, self.config.height, self.config.width), dtype=np.float32)
-        for i, source in enumerate(batch):
-            try:
-                bgr = load_image(source, rgb=rgb, max_pixels=self.max_pixels)
-            except InputError as e:
-                if len(batch) == 1:
-                    raise
-                raise InputError(f"image {i} of the batch of {len(batch)}: {e}") from e
+        for i, bgr in enumerate(load_each(batch, lambda s: load_image(s, rgb=rgb, max_pixels=self.max_pixels))):
             # Resize in RGB: the filter is per channel, so the order only matters for the output.
             chw = self.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)).transpose(2, 0, 1)  # (3, H, W) RGB
             if self.config.channel_order == "BGR":

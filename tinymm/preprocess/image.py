@@ -21,15 +21,15 @@ Conventions, fixed here so that training and serving agree:
 from __future__ import annotations
 
 import os
-import struct
 from dataclasses import dataclass
-from typing import Sequence, Union
+from typing import Callable, Iterator, Sequence, TypeVar, Union
 
 import cv2
 import numpy as np
 
 from tinymm.errors import BundleError, InputError
 from tinymm.preprocess.files import read_input_file
+from tinymm.preprocess.image_header import SUPPORTED_FORMATS, ImageHeader, read_image_header  # noqa: F401  (re-exported: the public names of image loading)
 from tinymm.preprocess.config import ImageConfig
 
 MAX_IMAGE_PIXELS = 50_000_000  # width * height refused above this (about 50 megapixels)
@@ -38,7 +38,6 @@ UINT8_MAX = 255
 UINT16_MAX = 65535
 UINT16_PER_UINT8 = UINT16_MAX // UINT8_MAX  # 257: 65535 maps exactly to 255
 FLOAT_RANGE_TOLERANCE = 1e-3  # float pixels may stray this far outside [0, 1] (then clipped)
-SUPPORTED_FORMATS = ("JPEG", "PNG", "BMP", "WebP")
 
 _INTERPOLATION_FLAGS = {
     "nearest": cv2.INTER_NEAREST,
@@ -49,26 +48,10 @@ _INTERPOLATION_FLAGS = {
 }
 _ARRAY_DTYPES = (np.uint8, np.uint16, np.float16, np.float32, np.float64)
 
-# File signatures and header layouts.
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_JPEG_SOI = b"\xff\xd8"
-_JPEG_STANDALONE_MARKERS = frozenset([0x01, *range(0xD0, 0xD8)])  # TEM, RST0-7: no length field
-_JPEG_SOF_MARKERS = frozenset(m for m in range(0xC0, 0xD0) if m not in (0xC4, 0xC8, 0xCC))  # not DHT, JPG, DAC
-_JPEG_SCAN_OR_END = frozenset([0xDA, 0xD9])  # SOS, EOI
-_WEBP_VP8_START_CODE = b"\x9d\x01\x2a"
-_WEBP_VP8L_SIGNATURE = 0x2F
-_WEBP_DIMENSION_MASK = 0x3FFF  # VP8 and VP8L store 14-bit dimensions
+
+T = TypeVar("T")
 
 ImageSource = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
-
-
-@dataclass(frozen=True)
-class ImageHeader:
-    """What an encoded image's header says, read without decoding any pixel."""
-
-    format: str  # one of SUPPORTED_FORMATS
-    width: int  # pixels
-    height: int  # pixels
 
 
 @dataclass(frozen=True)
@@ -111,107 +94,6 @@ def _describe(source: object) -> str:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return f"{memoryview(source).nbytes} bytes"
     return f"image file {str(source)!r}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Header probing (no pixel is decoded)
-# ---------------------------------------------------------------------------------------------
-
-
-def _truncated(what: str, fmt: str) -> InputError:
-    return InputError(
-        f"{what} looks like a {fmt} file but its header is truncated or malformed; "
-        "the file is damaged or incomplete: re-export or re-download it"
-    )
-
-
-def _jpeg_size(mv: memoryview, what: str) -> tuple[int, int]:
-    """Walk the JPEG marker segments up to the first start-of-frame; return (width, height)."""
-    n = len(mv)
-    i = len(_JPEG_SOI)
-    while i + 4 <= n:
-        if mv[i] != 0xFF:
-            break
-        marker = mv[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker in _JPEG_STANDALONE_MARKERS:
-            i += 2
-            continue
-        if marker in _JPEG_SCAN_OR_END:
-            break
-        (length,) = struct.unpack_from(">H", mv, i + 2)
-        if marker in _JPEG_SOF_MARKERS:
-            if i + 9 > n:
-                break
-            height, width = struct.unpack_from(">HH", mv, i + 5)
-            return width, height
-        if length < 2:
-            break
-        i += 2 + length
-    raise _truncated(what, "JPEG")
-
-
-def _webp_size(mv: memoryview, what: str) -> tuple[int, int]:
-    """Read the canvas size from a WebP file's first chunk (VP8, VP8L or VP8X)."""
-    chunk = bytes(mv[12:16])
-    if chunk == b"VP8X" and len(mv) >= 30:
-        width = 1 + int.from_bytes(mv[24:27], "little")
-        height = 1 + int.from_bytes(mv[27:30], "little")
-        return width, height
-    if chunk == b"VP8L" and len(mv) >= 25 and mv[20] == _WEBP_VP8L_SIGNATURE:
-        (bits,) = struct.unpack_from("<I", mv, 21)
-        return 1 + (bits & _WEBP_DIMENSION_MASK), 1 + ((bits >> 14) & _WEBP_DIMENSION_MASK)
-    if chunk == b"VP8 " and len(mv) >= 30 and bytes(mv[23:26]) == _WEBP_VP8_START_CODE:
-        width, height = struct.unpack_from("<HH", mv, 26)
-        return width & _WEBP_DIMENSION_MASK, height & _WEBP_DIMENSION_MASK
-    raise _truncated(what, "WebP")
-
-
-def read_image_header(data: bytes | bytearray | memoryview, *, what: str = "the image") -> ImageHeader:
-    """Read the format and pixel size of an encoded image from its header alone.
-
-    Args:
-        data: the encoded file's bytes (only the first bytes are read, plus JPEG marker segments).
-        what: how to name the image in error messages.
-
-    Raises:
-        InputError: the data is empty, not one of SUPPORTED_FORMATS, or its header is cut short.
-    """
-    mv = memoryview(data).cast("B")
-    if len(mv) == 0:
-        raise InputError(f"{what} is empty (0 bytes); pass a JPEG, PNG, BMP or WebP file")
-    head = bytes(mv[:16])
-    if head.startswith(_PNG_SIGNATURE):
-        if len(mv) < 24 or bytes(mv[12:16]) != b"IHDR":
-            raise _truncated(what, "PNG")
-        width, height = struct.unpack_from(">II", mv, 16)
-        fmt = "PNG"
-    elif head.startswith(_JPEG_SOI):
-        width, height = _jpeg_size(mv, what)
-        fmt = "JPEG"
-    elif head.startswith(b"BM"):
-        if len(mv) < 26:
-            raise _truncated(what, "BMP")
-        (dib_size,) = struct.unpack_from("<I", mv, 14)
-        if dib_size == 12:  # BITMAPCOREHEADER: 16-bit unsigned sizes
-            width, height = struct.unpack_from("<HH", mv, 18)
-        else:  # BITMAPINFOHEADER and later: signed 32-bit, negative height = top-down rows
-            width, height = struct.unpack_from("<ii", mv, 18)
-            height = abs(height)
-            if width < 0:
-                raise _truncated(what, "BMP")
-        fmt = "BMP"
-    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        width, height = _webp_size(mv, what)
-        fmt = "WebP"
-    else:
-        raise InputError(
-            f"{what} is not a {', '.join(SUPPORTED_FORMATS)} file (it starts with bytes {head[:8]!r}); "
-            "convert it to one of these formats, or decode it yourself and pass a numpy array"
-        )
-    return ImageHeader(fmt, int(width), int(height))
 
 
 def _check_pixels(what: str, width: int, height: int, max_pixels: int, stage: str) -> None:
@@ -364,6 +246,18 @@ def as_batch(images: ImageSource | Sequence[ImageSource], what: str = "images") 
     return [images], True
 
 
+def load_each(batch: Sequence[ImageSource], load: Callable[[ImageSource], T]) -> Iterator[T]:
+    """``load(source)`` for each image of a batch, in order; an InputError of an image in a batch of
+    several names its position ("image 2 of the batch of 4: ...")."""
+    for i, source in enumerate(batch):
+        try:
+            yield load(source)
+        except InputError as e:
+            if len(batch) == 1:
+                raise
+            raise InputError(f"image {i} of the batch of {len(batch)}: {e}") from e
+
+
 class ImagePreprocessor:
     """Turns images into the (N, 3, height, width) tensor an ImageConfig describes.
 
@@ -463,12 +357,6 @@ class ImagePreprocessor:
         """
         batch, _ = as_batch(images)
         out = np.empty((len(batch), 3, self.config.height, self.config.width), dtype=np.float32)
-        for i, source in enumerate(batch):
-            try:
-                image, is_rgb = _load_any_order(source, rgb, self.max_pixels)
-            except InputError as e:
-                if len(batch) == 1:
-                    raise
-                raise InputError(f"image {i} of the batch of {len(batch)}: {e}") from e
+        for i, (image, is_rgb) in enumerate(load_each(batch, lambda s: _load_any_order(s, rgb, self.max_pixels))):
             self._normalize_into(self.resize(image), is_rgb, out[i])
         return out if self._dtype == np.float32 else out.astype(self._dtype)
