@@ -92,15 +92,22 @@ def check_decoder_layout(first: Session, with_past: Session | None, num_layers: 
             [INPUT_IDS, *kv_names(PAST, num_layers), *kv_names(CROSS, num_layers)],
             [LOGITS, *kv_names(PRESENT, num_layers)],
         )
+    check_session_names(wanted, num_layers, f"{layout!r} decoder layout", "cross.0.key", "python -m export")
+
+
+def check_session_names(wanted: Mapping[str, tuple[Session, Sequence[str], Sequence[str]]], num_layers: int,
+                        layout: str, first_kv: str, export_command: str) -> None:
+    """BundleError naming the first component (of component -> (session, inputs, outputs)) that lacks
+    one of its tensor names, or any when ``num_layers`` < 1 (``first_kv`` then stands for what is missing)."""
     for component, (session, inputs, outputs) in wanted.items():
         have_in = {spec.name for spec in session.inputs}
         have_out = {spec.name for spec in session.outputs}
         missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
         if num_layers < 1 or missing:
             raise BundleError(
-                f"{component} does not follow the {layout!r} decoder layout for {num_layers} layer(s): missing "
-                f"{missing[:6] or 'cross.0.key'}; it has inputs {sorted(have_in)[:8]} and outputs "
-                f"{sorted(have_out)[:8]}. Re-export the bundle with `python -m export` (see export/LAYOUT.md)"
+                f"{component} does not follow the {layout} for {num_layers} layer(s): missing "
+                f"{missing[:6] or first_kv}; it has inputs {sorted(have_in)[:8]} and outputs "
+                f"{sorted(have_out)[:8]}. Re-export the bundle with `{export_command}` (see export/LAYOUT.md)"
             )
 
 

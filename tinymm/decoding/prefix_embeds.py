@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from tinymm.backends.base import Session
-from tinymm.decoding.inference import LOGITS, PAST, PRESENT, kv_names
-from tinymm.errors import BundleError, InputError
+from tinymm.decoding.inference import LOGITS, PAST, PRESENT, check_session_names, kv_names
+from tinymm.errors import InputError
 
 INPUT_IDS, INPUTS_EMBEDS = "input_ids", "inputs_embeds"
 
@@ -40,16 +40,7 @@ def check_prefix_layout(embed: Session, first: Session, with_past: Session | Non
               "decoder_first": (first, [INPUTS_EMBEDS], [LOGITS, *present])}
     if with_past is not None:
         wanted["decoder_with_past"] = (with_past, [INPUTS_EMBEDS, *kv_names(PAST, num_layers)], [LOGITS, *present])
-    for component, (session, inputs, outputs) in wanted.items():
-        have_in = {spec.name for spec in session.inputs}
-        have_out = {spec.name for spec in session.outputs}
-        missing = [n for n in inputs if n not in have_in] + [n for n in outputs if n not in have_out]
-        if num_layers < 1 or missing:
-            raise BundleError(
-                f"{component} does not follow the prefix-embeddings decoder layout for {num_layers} layer(s): missing "
-                f"{missing[:6] or 'present.0.key'}; it has inputs {sorted(have_in)[:8]} and outputs {sorted(have_out)[:8]}. "
-                "Re-export the bundle with `python -m export hf` (see export/LAYOUT.md)"
-            )
+    check_session_names(wanted, num_layers, "prefix-embeddings decoder layout", "present.0.key", "python -m export hf")
 
 
 class PrefixEmbedsInference:
