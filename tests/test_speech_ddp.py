@@ -24,6 +24,7 @@ from train.recipes.speech import model_configs  # noqa: E402
 from train.speech_features import FeatureSet, collate  # noqa: E402
 from train.speech_train import DistillConfig, Distiller, SpecAugmentConfig, TrainConfig, clip_generator, \
     spec_augment, train_stage  # noqa: E402
+from train.whisper_distill import WhisperDistiller, attach_teacher_labels  # noqa: E402
 from tinymm.errors import UsageError  # noqa: E402
 
 pytestmark = pytest.mark.requires_torch
@@ -71,6 +72,13 @@ def stages(out: Path) -> None:
     train_stage("ctc", model=seeded(student_cfg, 1), cfg=config(4), **common)
     distiller = Distiller(seeded(teacher_cfg, 2), student_cfg, DistillConfig())
     train_stage("kd", model=seeded(student_cfg, 1), distiller=distiller, cfg=config(3), **common)
+    # Whisper's precomputed states (50 Hz: half the feature frames) for all clips but every third.
+    rng = np.random.default_rng(1)
+    labels = {i: ("", rng.standard_normal((f.shape[1] // 2, 6)).astype(np.float16))
+              for i, f in enumerate(data.features) if i % 3}
+    taught = attach_teacher_labels(data, labels, LetterTokenizer(), use_words=False)
+    train_stage("whisper", model=seeded(student_cfg, 1), distiller=WhisperDistiller(student_cfg, 6), cfg=config(3),
+                **{**common, "train": taught})
 
 
 def record_saves(log: Path):
@@ -135,7 +143,7 @@ def test_two_processes_end_with_one_process_weights(tmp_path, monkeypatch) -> No
     assert saves.count("ctc/final") == 2 and "ctc/step_00000003" in saves and "kd/step_00000003" in saves
 
     init = seeded(model_configs("tiny", VOCAB)[1], 1).state_dict()
-    for stage in ("ctc", "kd"):
+    for stage in ("ctc", "kd", "whisper"):
         for checkpoint in ("step_00000001", "final"):
             single, shared = weights(one / stage / checkpoint), weights(two / stage / checkpoint)
             assert max_difference(single, shared) < WEIGHT_TOLERANCE, (stage, checkpoint)
@@ -143,11 +151,13 @@ def test_two_processes_end_with_one_process_weights(tmp_path, monkeypatch) -> No
         rows_one, rows_two = (list(read_metrics(d / stage / "metrics.jsonl")) for d in (one, two))
         assert [r["step"] for r in rows_one] == [r["step"] for r in rows_two]  # one writer, no duplicate rows
         for a, b in zip(rows_one, rows_two):
-            for key in set(a) & {"loss", "ctc", "kd", "hidden", "val_wer"}:
+            for key in set(a) & {"loss", "ctc", "kd", "hidden", "whisper", "val_wer"}:
                 assert a[key] == pytest.approx(b[key], abs=2e-4), (stage, a["step"], key)
-    assert all({"kd", "hidden"} <= set(row) for row in rows_two if "loss" in row)
-    single, shared = (torch.load(d / "kd" / "projections.pt", weights_only=True) for d in (one, two))
-    assert max_difference(single, shared) < WEIGHT_TOLERANCE
+    assert all({"kd", "hidden"} <= set(row) for row in read_metrics(two / "kd" / "metrics.jsonl") if "loss" in row)
+    for stage in ("kd", "whisper"):
+        single, shared = (torch.load(d / stage / "projections.pt", weights_only=True) for d in (one, two))
+        assert max_difference(single, shared) < WEIGHT_TOLERANCE
+    assert all("whisper" in row for row in read_metrics(two / "whisper" / "metrics.jsonl") if "loss" in row)
 
 
 def test_shard_splits_a_global_batch_by_position() -> None:

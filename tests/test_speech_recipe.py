@@ -194,3 +194,63 @@ def test_grammar_marker_next_to_the_tokenizer_reaches_the_manifest(tmp_path) -> 
     assert "grammar" not in speech_model_info(model, ("stop",))
     with pytest.raises(InputError, match="robot-commands"):
         speech_model_info(model, (), "robot_commands")
+
+
+class _StubWhisper:
+    """Stands in for train.whisper_teacher.WhisperTeacher: fixed words, random 50 Hz states."""
+
+    def label(self, clips):
+        from train.whisper_teacher import TeacherLabel
+
+        rng = np.random.default_rng(len(clips))
+        return [TeacherLabel("Stop.", "stop", rng.standard_normal((int(len(c) / 16000 * 50) + 1, 6)).astype(np.float16))
+                for c in clips]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("espeakng_loader") is None,
+                    reason="synthesizing the clips needs espeakng-loader (pip install 'tinymm[train]')")
+def test_whisper_student_with_extra_data_and_a_starting_checkpoint(tmp_path, caplog) -> None:
+    from train.data.speech_dataset import SpeechDataset, write_speech_dataset
+    from train.whisper_teacher import pseudo_label
+
+    extra = tmp_path / "extra"
+    write_speech_dataset(extra, {"train": 6, "val": 2}, seed=1, workers=1, progress=False)
+    clips = [wave for wave, _ in SpeechDataset(extra, "train")]
+    pseudo_label(_StubWhisper(), clips, extra / "whisper-labels" / "train", batch_size=4)
+    heldout = tmp_path / "heldout"  # a test split whose clips name a condition, as speech_heldout writes
+    write_speech_dataset(heldout, {"test": 4}, seed=2, workers=1, progress=False)
+    manifest = heldout / "speech" / "test" / "manifest.jsonl"
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    manifest.write_text("".join(json.dumps({**row, "condition": ("telephone", "clipped")[i % 2]}) + "\n"
+                                for i, row in enumerate(rows)))
+    out = tmp_path / "run"
+    argv = ["speech", "--out", str(out), "--preset", "tiny", "--clips", "12", "--eval-clips", "4",
+            "--max-steps", "6", "--log-every", "3", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1",
+            "--vocab-size", "48", "--threads", "1", "--workers", "1", "--quiet", "--heldout", str(heldout),
+            "--students", "whisper,scratch", "--extra-data", str(extra)]
+    assert main(argv) == 0
+    rows = list(read_metrics(out / "student_whisper" / "metrics.jsonl"))
+    assert {"ctc", "whisper", "teacher_scale"} <= set(rows[0]) and rows[0]["whisper"] > 0
+    assert not (out / "teacher").exists() and not (out / "student_kd").exists()  # no own teacher was asked for
+    results = json.loads((out / "results.json").read_text())
+    assert results["data"] == {"train": 18, "test": 4, "val": 4, "extra-val": 2, "heldout": 4}
+    models = results["models"]
+    assert set(models) == {"student_whisper", "student_scratch"}
+    assert models["student_whisper"]["steps"] == models["student_scratch"]["steps"] == 6
+    assert "extra-val" in models["student_whisper"]
+    by_condition = models["student_whisper"]["heldout"]["by_condition"]
+    assert set(by_condition) == {"telephone", "clipped"} and by_condition["clipped"]["clips"] == 2
+    assert "| model | clipped | telephone |" in (out / "results.md").read_text()
+
+    # Students that start from a checkpoint; the whisper stage without labels is refused clearly.
+    again = tmp_path / "again"
+    shutil.copytree(out / "data", again / "data")
+    start = out / "student_scratch" / "final"
+    argv_again = argv[:2] + [str(again)] + argv[3:-4] + ["--students", "scratch", "--init-student", str(start),
+                                                           "--max-steps", "2"]
+    assert main(argv_again) == 0
+    models = json.loads((again / "results.json").read_text())["models"]
+    assert set(models) == {"initial", "student_scratch"} and models["initial"]["test"] == \
+        json.loads((out / "results.json").read_text())["models"]["student_scratch"]["test"]
+    assert main(argv[:2] + [str(again)] + argv[3:-4] + ["--students", "whisper"]) != 0
+    assert "python -m train.whisper_teacher --data DATASET" in caplog.text

@@ -8,7 +8,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the training tier needs torch (pip install 'tinymm[train]')")
 
-from train.whisper_distill import WhisperStateMatcher, batch_states, ctc_targets, pool_factor, pool_states  # noqa: E402
+from train.models.speech import SpeechConfig  # noqa: E402
+from train.speech_features import FeatureSet  # noqa: E402
+from train.whisper_distill import (WhisperDistillConfig, WhisperDistiller, WhisperStateMatcher,  # noqa: E402
+                                   attach_teacher_labels, batch_states, ctc_targets, pool_factor, pool_states)
 
 
 def test_states_are_averaged_in_groups_of_the_frame_ratio() -> None:
@@ -22,9 +25,48 @@ def test_states_are_averaged_in_groups_of_the_frame_ratio() -> None:
 
 def test_a_batch_is_padded_or_cut_to_the_student_frames_with_a_mask() -> None:
     short, long = np.ones((3, 4), np.float16), np.ones((12, 4), np.float16)
-    out, mask = batch_states([short, long], 2, frames=4)
-    assert out.shape == (2, 4, 4) and mask.tolist() == [[True, True, False, False], [True] * 4]
-    assert float(out[0, 2:].abs().sum()) == 0.0
+    out, mask = batch_states([short, long, None], 2, frames=4, width=4)
+    assert out.shape == (3, 4, 4) and mask.tolist() == [[True, True, False, False], [True] * 4, [False] * 4]
+    assert float(out[0, 2:].abs().sum()) == 0.0 and float(out[2].abs().sum()) == 0.0
+
+
+def test_an_unlabelled_clip_adds_frames_but_no_error() -> None:
+    """The state term is a sum over covered frames / all valid frames (DDP's "frames" mean)."""
+    torch.manual_seed(0)
+    matcher = WhisperStateMatcher(student_dim=4, teacher_dim=4, student_frame_ms=40)
+    student = torch.randn(2, 3, 4)
+    valid = torch.ones(2, 3, dtype=torch.bool)
+    states = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float16)
+    alone = float(matcher.loss(student[:1], valid[:1], [states]).detach())
+    assert float(matcher.loss(student, valid, [states, None]).detach()) == pytest.approx(alone / 2, rel=1e-5)
+    assert float(matcher.loss(student, valid, [None, None]).detach()) == 0.0
+
+
+def test_attached_labels_give_states_and_optionally_the_teachers_words() -> None:
+    class Chars:
+        def encode(self, text):
+            return [ord(c) - 96 for c in text.replace(" ", "")]
+
+    data = FeatureSet([np.zeros((2, 4), np.float16)] * 3, ["ab", "cd", "ef"], [None] * 3, [[1, 2], [3, 4], [5, 6]])
+    states = np.ones((4, 2), np.float16)
+    kept = attach_teacher_labels(data, {1: ("zz", states)}, Chars(), use_words=False)
+    assert kept.labels == data.labels and kept.teacher_states[1] is states and kept.teacher_states[0] is None
+    taught = attach_teacher_labels(data, {1: ("zz", states)}, Chars(), use_words=True)
+    assert taught.labels[1] == [26, 26] and taught.transcripts == data.transcripts  # scoring keeps the reference
+    both = FeatureSet.concat([data, taught])
+    assert len(both) == 6 and both.teacher_states[:3] == [None] * 3 and both.teacher_states[4] is states
+    with pytest.raises(ValueError, match="has 3 clips"):
+        attach_teacher_labels(data, {7: ("zz", states)}, Chars(), use_words=True)
+
+
+def test_the_whisper_distillers_state_term_anneals_to_zero() -> None:
+    distiller = WhisperDistiller(SpeechConfig.tiny(vocab_size=8), teacher_dim=6,
+                                 cfg=WhisperDistillConfig(state_weight=0.5))
+    losses = {"ctc": torch.tensor(2.0), "whisper": torch.tensor(4.0)}
+    assert float(distiller.total(losses, 0.0)) == pytest.approx(4.0)
+    assert float(distiller.total(losses, 1.0)) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="teacher_states"):
+        distiller.losses(None, None, None, None)
 
 
 def test_the_matcher_learns_a_projection_onto_the_teacher_states() -> None:

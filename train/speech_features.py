@@ -47,15 +47,28 @@ class FeatureSet:
     features: list[np.ndarray]  # per clip (n_mels, T_i) float16
     transcripts: list[str]
     intents: list[dict | None]
-    labels: list[list[int]]  # token ids, no blank
+    labels: list[list[int]]  # token ids, no blank (the CTC targets)
+    # Per clip, a teacher's encoder states to match ((T_w, D) float16, train.whisper_distill), or
+    # None for a clip the teacher did not label; None for the whole set when there is no such teacher.
+    teacher_states: list[np.ndarray | None] | None = None
 
     def __len__(self) -> int:
         return len(self.features)
 
+    @classmethod
+    def concat(cls, parts: list[FeatureSet]) -> FeatureSet:
+        """The clips of ``parts`` in order; teacher states are kept (None where a part has none)."""
+        states = None
+        if any(p.teacher_states is not None for p in parts):
+            states = [s for p in parts for s in (p.teacher_states or [None] * len(p))]
+        return cls([f for p in parts for f in p.features], [t for p in parts for t in p.transcripts],
+                   [i for p in parts for i in p.intents], [lab for p in parts for lab in p.labels], states)
 
-def ensure_features(data_dir: Path, out: Path, split: str, audio: AudioConfig, show: bool) -> Path:
-    """Compute log-mels once with the runtime's preprocessor: OUT/features/{split}_{n_mels}.npz."""
-    path = out / "features" / f"{split}_{audio.n_mels}mel.npz"
+
+def ensure_features(data_dir: Path, out: Path, split: str, audio: AudioConfig, show: bool, name: str = "") -> Path:
+    """Compute log-mels once with the runtime's preprocessor: OUT/features/{name}{split}_{n_mels}mel.npz
+    (``name`` tells apart the datasets of one run, e.g. "piper-")."""
+    path = out / "features" / f"{name}{split}_{audio.n_mels}mel.npz"
     if path.is_file():
         return path
     dataset = SpeechDataset(data_dir, split)

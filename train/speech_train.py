@@ -45,6 +45,7 @@ from train.metrics_speech import score_transcripts
 from train.models.layers import key_padding_mask, param_count
 from train.models.speech import CTC_BLANK_ID, SpeechConfig, SpeechCTCModel, SpeechOutput
 from train.speech_features import FeatureSet, batches, collate
+from train.whisper_distill import WhisperDistiller
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ PROJECTIONS_FILE = "projections.pt"  # the distillation projections, saved next 
 EVAL_BATCH = 32  # clips per inference batch
 VAL_CLIPS_DURING_TRAINING = 200  # val clips decoded at each checkpoint (the val WER in metrics.jsonl)
 # What each loss term is a mean over, so that every rank can weight its share of the global batch.
-MEAN_OVER = {"ctc": "clips", "kd": "frames", "hidden": "frames"}
+MEAN_OVER = {"ctc": "clips", "kd": "frames", "hidden": "frames", "whisper": "frames"}
 
 
 @dataclass(frozen=True)
@@ -203,9 +204,14 @@ class Distiller:
         self.pairs = cfg.layer_pairs(student.layers, teacher.config.layers)
         self.projections = nn.ModuleList(nn.Linear(student.d_model, teacher.config.d_model) for _ in self.pairs)
 
-    def losses(self, out: SpeechOutput, features: torch.Tensor, lengths: torch.Tensor) -> dict[str, torch.Tensor]:
+    def to(self, device: torch.device) -> Distiller:
+        self.teacher.to(device)
+        return self
+
+    def losses(self, out: SpeechOutput, features: torch.Tensor, lengths: torch.Tensor,
+               teacher_states: list | None = None) -> dict[str, torch.Tensor]:
         """KD and hidden-state losses (means over valid output frames) of a student forward on
-        (B, n_mels, T) unmasked features."""
+        (B, n_mels, T) unmasked features (this teacher hears them itself: ``teacher_states`` unused)."""
         with torch.no_grad():
             target = self.teacher.forward_features(features, lengths)  # the teacher hears the unmasked clip
         valid = key_padding_mask(out.lengths, out.log_probs.shape[1])  # (B, T')
@@ -229,20 +235,21 @@ class StageLosses(nn.Module):
     """What a step differentiates, in one forward for DDP to wrap: the model and the distillation
     projections (the parameters DDP keeps in sync) and the loss terms of a batch."""
 
-    def __init__(self, model: SpeechCTCModel, distiller: Distiller | None) -> None:
+    def __init__(self, model: SpeechCTCModel, distiller: Distiller | WhisperDistiller | None) -> None:
         super().__init__()
         self.model = model
         self.projections = distiller.projections if distiller is not None else nn.ModuleList()
         self.distiller = distiller  # a plain attribute: the frozen teacher is not DDP's to sync
 
     def forward(self, masked: torch.Tensor, clean: torch.Tensor, lengths: torch.Tensor,
-                labels: list[list[int]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """(B, n_mels, T) masked and unmasked features, (B,) lengths, label ids -> the loss terms
-        (scalars, means as in MEAN_OVER) and (B,) valid output frames."""
+                labels: list[list[int]], teacher_states: list | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """(B, n_mels, T) masked and unmasked features, (B,) lengths, label ids, and the clips'
+        precomputed teacher states (FeatureSet.teacher_states) -> the loss terms (scalars, means as in
+        MEAN_OVER) and (B,) valid output frames."""
         out = self.model.forward_features(masked, lengths)
         losses = {"ctc": ctc_loss(out.log_probs, out.lengths, labels)}
         if self.distiller is not None:
-            losses.update(self.distiller.losses(out, clean, lengths))
+            losses.update(self.distiller.losses(out, clean, lengths, teacher_states))
         return losses, out.lengths
 
 
@@ -254,7 +261,7 @@ def window_means(running: dict[str, list[float]]) -> dict[str, float]:
 
 
 def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, val: FeatureSet, tokenizer,
-                cfg: TrainConfig, show: bool, distiller: Distiller | None = None,
+                cfg: TrainConfig, show: bool, distiller: Distiller | WhisperDistiller | None = None,
                 device: torch.device = torch.device("cpu")) -> Path:
     """Train ``model`` on ``device`` with CTC (plus ``distiller``'s losses when given); returns the
     final checkpoint. Under torchrun (``train.distributed.process_group``) the ranks share every
@@ -269,7 +276,7 @@ def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, 
         return final
     stage = StageLosses(model, distiller).to(device)
     if distiller is not None:
-        distiller.teacher.to(device)
+        distiller.to(device)
     params = list(stage.parameters())  # the model's, then the projections'
     optimizer = torch.optim.AdamW(params, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     step, spent_s, first_loss = 0, 0.0, None
@@ -320,8 +327,9 @@ def train_stage(name: str, out: Path, model: SpeechCTCModel, train: FeatureSet, 
                 share = idx[:1]
             x, lengths = collate(train, share)
             masked = spec_augment(x, lengths, cfg.spec_augment, [clip_generator(cfg.seed, step, i) for i in share])
+            states = [train.teacher_states[i] for i in share] if train.teacher_states is not None else None
             losses, out_lengths = trainer(masked.to(device), x.to(device), lengths.to(device),
-                                          [train.labels[i] for i in share])
+                                          [train.labels[i] for i in share], states)
             scales = ddp.mean_scales({"clips": counted, "frames": int(out_lengths.sum()) if counted else 0})
             losses = {key: value * scales[MEAN_OVER[key]] for key, value in losses.items()}
             loss = distiller.total(losses, fraction) if distiller is not None else losses["ctc"]

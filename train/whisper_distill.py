@@ -15,14 +15,16 @@ Two terms, on top of the student's CTC loss:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from train.losses import hidden_match_loss
+from train.loop import teacher_anneal_scale
 
 WHISPER_FRAME_MS = 20  # one encoder state per 20 ms (50 Hz)
 
@@ -46,14 +48,17 @@ def pool_states(states: np.ndarray, factor: int) -> np.ndarray:
     return padded.reshape(groups, factor, width).sum(axis=1) / counts[:, None]
 
 
-def batch_states(states: Sequence[np.ndarray], factor: int, frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pooled teacher states of a batch, padded or cut to the student's ``frames``: (B, frames, D)
-    float32 and a (B, frames) bool mask of the frames the teacher covers."""
-    pooled = [pool_states(s, factor) for s in states]
-    width = pooled[0].shape[1]
+def batch_states(states: Sequence[np.ndarray | None], factor: int, frames: int,
+                 width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled teacher states of a batch, padded or cut to the student's ``frames``: (B, frames, width)
+    float32 and a (B, frames) bool mask of the frames the teacher covers (none for a None entry:
+    a clip the teacher did not label)."""
+    pooled = [None if s is None else pool_states(s, factor) for s in states]
     out = torch.zeros(len(pooled), frames, width)
     mask = torch.zeros(len(pooled), frames, dtype=torch.bool)
     for i, p in enumerate(pooled):
+        if p is None:
+            continue
         n = min(frames, p.shape[0])
         out[i, :n] = torch.from_numpy(p[:n])
         mask[i, :n] = True
@@ -75,9 +80,72 @@ class WhisperStateMatcher(nn.Module):
         self.projection = nn.Linear(student_dim, teacher_dim)
 
     def loss(self, student_hidden: torch.Tensor, student_valid: torch.Tensor,
-             teacher_states: Sequence[np.ndarray]) -> torch.Tensor:
-        """MSE of the projected (B, T', D_s) student states against the pooled, layer-normed teacher
-        states, over the frames both cover (``student_valid`` (B, T') bool)."""
-        target, covered = batch_states(teacher_states, self.factor, student_hidden.shape[1])
+             teacher_states: Sequence[np.ndarray | None]) -> torch.Tensor:
+        """Squared error (mean over the teacher's width) of the projected (B, T', D_s) student states
+        against the pooled, layer-normed teacher states, summed over the frames both cover and
+        divided by all valid student frames (``student_valid`` (B, T') bool): a clip without
+        teacher states adds frames but no error, so the term is a mean over the batch's frames, as
+        the recipe's DDP scaling expects (train/speech_train.py, MEAN_OVER)."""
+        target, covered = batch_states(teacher_states, self.factor, student_hidden.shape[1], self.teacher_dim)
         target = F.layer_norm(target.to(student_hidden.device), (self.teacher_dim,))
-        return hidden_match_loss(student_hidden, target, self.projection, student_valid & covered.to(student_valid.device))
+        counted = student_valid & covered.to(student_valid.device)
+        error = (self.projection(student_hidden).float() - target).square().mean(dim=-1)  # (B, T')
+        return (error * counted).sum() / student_valid.sum().clamp(min=1)
+
+
+@dataclass(frozen=True)
+class WhisperDistillConfig:
+    """Loss weights of the Whisper-distilled student: ctc * CTC + state * MSE(Whisper's states)."""
+
+    ctc_weight: float = 1.0
+    state_weight: float = 0.5
+    anneal: bool = True  # the state term falls linearly to 0 over the stage, as DistillConfig.anneal
+    student_layer: int = -1  # the student block whose output is matched (-1: the last)
+
+
+class WhisperDistiller:
+    """The Whisper side of a student's loss, for ``train_stage``: the teacher ran beforehand
+    (train/whisper_teacher.py), so a batch brings its states (``FeatureSet.teacher_states``) and
+    only the projection trains here. The sequence-level term is in the batch's CTC targets
+    (``attach_teacher_labels``)."""
+
+    teacher = None  # nothing to run or move: the states are precomputed
+
+    def __init__(self, student: Any, teacher_dim: int, cfg: WhisperDistillConfig = WhisperDistillConfig()) -> None:
+        self.cfg = cfg
+        self.matcher = WhisperStateMatcher(student.d_model, teacher_dim, student.frame_ms)
+        self.projections = nn.ModuleList([self.matcher])  # trained with the student, synced by DDP
+
+    def to(self, device: torch.device) -> WhisperDistiller:
+        return self
+
+    def losses(self, out: Any, features: torch.Tensor, lengths: torch.Tensor,
+               teacher_states: Sequence[np.ndarray | None] | None) -> dict[str, torch.Tensor]:
+        if teacher_states is None:
+            raise ValueError("a Whisper-distilled stage needs FeatureSet.teacher_states (attach_teacher_labels)")
+        hidden = out.hidden_states[self.cfg.student_layer]
+        valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < out.lengths[:, None]
+        return {"whisper": self.matcher.loss(hidden, valid, teacher_states)}
+
+    def teacher_scale(self, progress: float) -> float:
+        return teacher_anneal_scale(self.cfg.anneal, progress)
+
+    def total(self, losses: dict[str, torch.Tensor], progress: float = 0.0) -> torch.Tensor:
+        return self.cfg.ctc_weight * losses["ctc"] + self.teacher_scale(progress) * self.cfg.state_weight * losses["whisper"]
+
+
+def attach_teacher_labels(data: Any, labels: Mapping[int, tuple[str, np.ndarray]], tokenizer: Any,
+                          use_words: bool) -> Any:
+    """``data`` (a FeatureSet) with the teacher's states for the clips in ``labels`` (clip index ->
+    (words, states), ``whisper_teacher.read_labels``) and, when ``use_words``, the teacher's words as
+    those clips' CTC targets (the sequence-level term: the clips are treated as unlabeled). The
+    reference transcripts stay for scoring."""
+    states = list(data.teacher_states) if data.teacher_states is not None else [None] * len(data)
+    targets = list(data.labels)
+    for index, (words, clip_states) in labels.items():
+        if not 0 <= index < len(data):
+            raise ValueError(f"teacher label for clip {index}, but the set has {len(data)} clips")
+        states[index] = clip_states
+        if use_words:
+            targets[index] = list(tokenizer.encode(words))
+    return dataclasses.replace(data, labels=targets, teacher_states=states)

@@ -63,7 +63,10 @@ class PiperSettings:
 class PiperEngine:
     """A loaded Piper voice that speaks text as 16 kHz float32 samples."""
 
-    def __init__(self, model: str | Path | None = None, config: str | Path | None = None) -> None:
+    def __init__(self, model: str | Path | None = None, config: str | Path | None = None,
+                 threads: int | None = None) -> None:
+        """``threads``: onnxruntime's intra-op threads (None: its default, every core; 1 suits one
+        engine per worker process)."""
         try:
             from piper import PiperVoice
         except ImportError as e:
@@ -73,6 +76,13 @@ class PiperEngine:
         if not Path(model).is_file():
             raise InputError(f"Piper voice model {model} does not exist; pass an .onnx voice with its .onnx.json")
         self.voice = PiperVoice.load(model, config)
+        if threads is not None:
+            import onnxruntime
+
+            options = onnxruntime.SessionOptions()
+            options.intra_op_num_threads = options.inter_op_num_threads = threads
+            self.voice.session = onnxruntime.InferenceSession(str(model), sess_options=options,
+                                                              providers=["CPUExecutionProvider"])
         self.sample_rate = int(self.voice.config.sample_rate)
         self.name = Path(model).stem  # e.g. "en_US-joe-medium"
 

@@ -12,17 +12,30 @@ Stages (each skips when its output exists, and a training stage resumes from its
 3. teacher   OUT/teacher/final              ``SpeechConfig.teacher()``, CTC + SpecAugment
 4. student   OUT/student_kd/final           ``SpeechConfig.student()``: CTC + (annealed to 0) CTC-posterior KD at a
                                             temperature + hidden-state matching through projections
+   whisper   OUT/student_whisper/final      (with --students whisper) the same student distilled from
+                                            Whisper's pseudo-labels (train/whisper_distill.py): CTC on
+                                            Whisper's words for unlabeled clips + (annealed) matching of
+                                            Whisper's encoder states through a projection
 5. scratch   OUT/student_scratch/final      the same student, same init, data order and steps, CTC only
-6. evaluate  OUT/results.json, results.md   greedy CTC decoding on test (and val): WER, CER, intents,
-                                            raw, with the runtime's lexicon correction
-                                            (OUT/tokenizer/lexicon.txt: the training words) and with
-                                            the runtime's grammar decoding (OUT/tokenizer/grammar.txt)
+6. evaluate  OUT/results.json, results.md   greedy CTC decoding on test, val, each --extra-data val
+                                            split and --heldout: WER, CER, intents, raw, with the
+                                            runtime's lexicon correction (OUT/tokenizer/lexicon.txt: the
+                                            training words) and with the runtime's grammar decoding
+                                            (OUT/tokenizer/grammar.txt); every student finished in OUT
 
 The training budget (``--budget-minutes``) is shared: the teacher gets TEACHER_SHARE of it and
 the distilled student STUDENT_SHARE; the scratch student runs the distilled student's step count
 (capped at the same time). With ``--teacher DIR`` (a finished teacher checkpoint with its
 tokenizer, such as the committed ``train/teachers/speech``) the teacher stage is not run, the
 tokenizer is the teacher's, and the teacher's share of the budget goes to the distilled student.
+
+``--students`` picks the student stages (default kd,scratch). ``--init-student CKPT`` starts every student
+from a trained checkpoint (continued training). ``--extra-data DIR`` adds another dataset's train
+clips (e.g. Piper speech, ``python -m train.data.piper_dataset``), and ``--heldout DIR`` scores a
+held-out set (``python -m train.data.speech_heldout``). The whisper stage reads Whisper's labels
+from DATASET/whisper-labels/train of the data and of each extra set, written beforehand by
+``python -m train.whisper_teacher --data DATASET --split train --out DATASET/whisper-labels/train``;
+train/RESULTS.md has the full commands.
 
 Several processes (CPU cores, GPUs or machines) train each stage with DistributedDataParallel when
 started by torchrun; ``--batch-size`` stays the global batch, which the ranks share:
@@ -46,7 +59,6 @@ import logging
 import os
 import platform
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -55,24 +67,25 @@ from tinymm.decoding.lexicon import Lexicon
 from tinymm.errors import BundleError, InputError
 from tinymm.preprocess.config import AudioConfig
 from tinymm.robot.grammar import ROBOT_COMMANDS, builtin_grammar
-from tinymm.robot.intent import IntentParser
-from tinymm.robot.transcripts import normalize_transcript
 from train import distributed as ddp
 from train.checkpoint import adopt_files, load_checkpoint, read_checkpoint_meta
 from train.data.speech_dataset import SPLITS, SpeechDataset
 from train.loop import seed_everything, set_threads
-from train.metrics_speech import score_transcripts
-from train.models.layers import param_count
 from train.models.speech import CTC_BLANK_ID, SpeechConfig, SpeechCTCModel
 from train.speech_features import FeatureSet, ensure_data, ensure_features, load_features
 from train.speech_tokenizer import GRAMMAR_FILE, LEXICON_FILE, MODEL_TYPES, SpeechTokenizerConfig, \
     load_speech_tokenizer, read_grammar, read_lexicon, train_speech_tokenizer, write_grammar, write_lexicon
-from train.speech_train import DistillConfig, Distiller, TrainConfig, decode, train_stage
+from train.speech_eval import evaluate, group_table, markdown_table, summary_table
+from train.speech_train import FINAL_DIR, DistillConfig, Distiller, TrainConfig, train_stage
+from train.whisper_distill import WhisperDistillConfig, WhisperDistiller, attach_teacher_labels
+from train.whisper_teacher import read_label_dir
 
 logger = logging.getLogger(__name__)
 
 TEACHER_SHARE = 0.5  # of --budget-minutes
 STUDENT_SHARE = 0.3  # of --budget-minutes; the scratch student is capped at the same time
+STUDENT_STAGES = {"kd": "student_kd", "whisper": "student_whisper", "scratch": "student_scratch"}  # in run order
+WHISPER_LABELS = "whisper-labels"  # DATASET/whisper-labels/train: python -m train.whisper_teacher --out ...
 
 
 def model_configs(preset: str, vocab_size: int, teacher_width: int | None = None,
@@ -88,57 +101,6 @@ def model_configs(preset: str, vocab_size: int, teacher_width: int | None = None
     if teacher_layers is not None:
         teacher = dataclasses.replace(teacher, layers=teacher_layers)
     return teacher, student
-
-
-# ----------------------------------------------------------------------------------------------
-# Evaluation
-
-
-def evaluate(finals: dict[str, Path], splits: dict[str, FeatureSet], tokenizer, show: bool,
-             lexicon: Lexicon | None = None, grammar: GrammarDecoder | None = None) -> dict[str, Any]:
-    """Greedy-decode every split with every model; scores raw, with ``lexicon`` correction (key
-    "lexicon") and with ``grammar`` decoding (key "grammar"), as the runtime applies them: the
-    grammar's sentence, or for clips outside it the free transcript (greedy, lexicon-corrected)."""
-    parser = IntentParser()
-    models: dict[str, Any] = {}
-    for name, path in finals.items():
-        model, config, meta = load_checkpoint(path, SpeechCTCModel, SpeechConfig)
-        entry = {"parameters": param_count(model), "steps": meta["step"],
-                 "train_minutes": round(meta["extra"]["train_seconds"] / 60, 1),
-                 "first_loss": meta["extra"].get("first_loss"), "last_loss": meta["extra"].get("last_loss"),
-                 "config": dataclasses.asdict(config)}
-        for split, data in splits.items():
-            hyps, best = decode(model, data, tokenizer, show=show, grammar=grammar)
-            entry[split] = score_transcripts(data.transcripts, hyps, data.intents, parser).to_dict()
-            entry[split]["examples"] = [{"ref": r, "hyp": h} for r, h in zip(data.transcripts[:5], hyps[:5])]
-            free = [lexicon.correct(h) for h in hyps] if lexicon is not None else hyps
-            if lexicon is not None:
-                entry[split]["lexicon"] = score_transcripts(data.transcripts, free, data.intents, parser).to_dict()
-            if grammar is not None:
-                said = [normalize_transcript(tokenizer.decode(list(b.tokens))) if b is not None and b.in_grammar else f
-                        for b, f in zip(best, free)]
-                entry[split]["grammar"] = score_transcripts(data.transcripts, said, data.intents, parser).to_dict()
-                entry[split]["grammar"]["in_grammar"] = sum(b is not None and b.in_grammar for b in best) / len(best)
-        models[name] = entry
-        logger.info("evaluated %s: test WER %.4f", name, entry["test"]["wer"])
-    return models
-
-
-def markdown_table(models: dict[str, Any], split: str = "test") -> str:
-    def pct(value: float | None) -> str:
-        return "n/a" if value is None else f"{100 * value:.1f}%"
-
-    lines = ["| model | parameters | steps | train min | decoding | WER | CER | sentence acc | intent acc (commands) "
-             "| intent acc (questions) |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in models.items():
-        for decoding, s in (("greedy", m[split]), ("greedy + lexicon", m[split].get("lexicon")),
-                            ("greedy + grammar", m[split].get("grammar"))):
-            if s is None:
-                continue
-            lines.append(f"| {name} | {m['parameters'] / 1e6:.2f}M | {m['steps']} | {m['train_minutes']} | {decoding} "
-                         f"| {pct(s['wer'])} | {pct(s['cer'])} | {pct(s['sentence_accuracy'])} "
-                         f"| {pct(s['command_intent_accuracy'])} | {pct(s['question_intent_accuracy'])} |")
-    return "\n".join(lines)
 
 
 def grammar_decoder(tokenizer_path: Path, tokenizer) -> GrammarDecoder | None:
@@ -209,6 +171,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                    help="where the stages train; under torchrun, cuda gives each process the GPU LOCAL_RANK")
     p.add_argument("--workers", type=int, default=2, help="speech synthesis processes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    g = p.add_argument_group("students, data and the Whisper teacher")
+    g.add_argument("--students", default="kd,scratch",
+                   help=f"student stages to train, comma separated, of {', '.join(STUDENT_STAGES)}: kd = distilled "
+                        "from the project's teacher, scratch = CTC only, whisper = distilled from Whisper's labels")
+    g.add_argument("--init-student", type=Path, default=None,
+                   help="a student checkpoint (e.g. train/students/speech) every student starts from, instead of "
+                        "random weights; it must share the tokenizer (pass --teacher with the same one)")
+    g.add_argument("--extra-data", type=Path, action="append", default=[],
+                   help="another speech dataset in the same layout (e.g. python -m train.data.piper_dataset) whose "
+                        "train split joins training and whose val split is scored; repeatable")
+    g.add_argument("--heldout", type=Path, default=None,
+                   help="a dataset whose test split is scored as 'heldout' (python -m train.data.speech_heldout)")
+    g.add_argument("--whisper-words", choices=("extra", "all", "none"), default="extra",
+                   help="where Whisper's transcripts replace the CTC targets in the whisper stage: on the "
+                        "--extra-data clips (treated as unlabeled; default), on every labelled clip, or nowhere")
+    g.add_argument("--whisper-weight", type=float, default=WhisperDistillConfig.state_weight,
+                   help="weight of the Whisper state-matching term (0: transcripts only)")
     return p
 
 
@@ -217,10 +196,43 @@ def run(args: argparse.Namespace) -> int:
         return run_on(args, device)
 
 
+def load_set(data_dir: Path, out: Path, split: str, audio: AudioConfig, tokenizer, show: bool,
+             name: str = "") -> FeatureSet:
+    """One split of a dataset directory as log-mels (cached in OUT/features under ``name``)."""
+    return load_features(data_dir, ensure_features(data_dir, out, split, audio, show, name), split, tokenizer)
+
+
+def whisper_labelled(part: FeatureSet, data_dir: Path, tokenizer, use_words: bool) -> FeatureSet:
+    """``part`` (a train split of ``data_dir``) with Whisper's pseudo-labels from
+    DATA_DIR/whisper-labels/train when they are there (train/whisper_teacher.py), else as it is."""
+    labels_dir = data_dir / WHISPER_LABELS / "train"
+    if not labels_dir.is_dir():
+        logger.info("no Whisper labels in %s: its clips train on CTC alone", labels_dir)
+        return part
+    labels = read_label_dir(labels_dir)
+    logger.info("Whisper labels: %d of %d clips of %s%s", len(labels), len(part), data_dir,
+                " (its words are the targets)" if use_words else "")
+    return attach_teacher_labels(part, labels, tokenizer, use_words)
+
+
+def heldout_voice(voice: str) -> str:
+    """A held-out clip's voice family for the breakdown: "piper-shifted" or "espeak-ng"."""
+    return voice if voice.startswith("piper") else "espeak-ng"
+
+
+def parse_students(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(STUDENT_STAGES))
+    if unknown or not names:
+        raise InputError(f"--students {text!r}: name one or more of {', '.join(STUDENT_STAGES)}")
+    return names
+
+
 def run_on(args: argparse.Namespace, device: torch.device) -> int:
     """The recipe on this process's ``device``: every rank trains, rank 0 alone evaluates."""
     out: Path = args.out
     show = not args.quiet and ddp.is_main()
+    students = parse_students(args.students)
     set_threads(args.threads)
     seed_everything(args.seed)
     budget = args.budget_minutes if args.budget_minutes is not None else (None if args.max_steps else 90.0)
@@ -243,48 +255,98 @@ def run_on(args: argparse.Namespace, device: torch.device) -> int:
         grammar = grammar_decoder(tokenizer_path, tokenizer)
         teacher_cfg, student_cfg = model_configs(args.preset, tokenizer.vocab_size, args.teacher_width,
                                                  args.teacher_layers)
+        if args.init_student is not None:
+            student_cfg = load_checkpoint(args.init_student, SpeechCTCModel, SpeechConfig)[1]
+            if student_cfg.vocab_size != tokenizer.vocab_size:
+                raise InputError(f"--init-student {args.init_student} has {student_cfg.vocab_size} output ids but "
+                                 f"the tokenizer {tokenizer_path} {tokenizer.vocab_size}; pass --teacher with the "
+                                 f"same tokenizer")
         audio = AudioConfig(n_mels=student_cfg.n_mels)
-        splits = {split: load_features(data_dir, ensure_features(data_dir, out, split, audio, show), split, tokenizer)
-                  for split in SPLITS}
+        splits = {split: load_set(data_dir, out, split, audio, tokenizer, show) for split in SPLITS}
+        extras = {path.name: path for path in args.extra_data}
+        extra_train = {name: load_set(path, out, "train", audio, tokenizer, show, f"{name}-")
+                       for name, path in extras.items()}
+        scored = {"test": splits["test"], "val": splits["val"]}
+        for name, path in extras.items():
+            if SpeechDataset(path, "val").items:
+                scored[f"{name}-val"] = load_set(path, out, "val", audio, tokenizer, show, f"{name}-")
+        groups: dict[str, dict[str, list[str]]] = {}
+        if args.heldout is not None:
+            scored["heldout"] = load_set(args.heldout, out, "test", audio, tokenizer, show, "heldout-")
+            items = SpeechDataset(args.heldout, "test").items
+            groups["heldout"] = {"condition": [item.get("condition", "-") for item in items],
+                                 "voice": [heldout_voice(item.get("voice", "-")) for item in items]}
+        train_set = FeatureSet.concat([splits["train"], *extra_train.values()])
+        whisper_train = None
+        if "whisper" in students:
+            whisper_train = FeatureSet.concat(
+                [whisper_labelled(splits["train"], data_dir, tokenizer, args.whisper_words == "all")]
+                + [whisper_labelled(part, extras[name], tokenizer, args.whisper_words != "none")
+                   for name, part in extra_train.items()])
+            if whisper_train.teacher_states is None:
+                raise InputError("--students whisper needs Whisper's labels in DATASET/whisper-labels/train of the "
+                                 "data or an --extra-data set: python -m train.whisper_teacher --data DATASET "
+                                 "--split train --out DATASET/whisper-labels/train")
 
     def stage_config(share: float | None, max_steps: int | None, seed: int) -> TrainConfig:
         return TrainConfig(minutes=None if budget is None or share is None else budget * share, max_steps=max_steps,
                            batch_size=args.batch_size, peak_lr=args.lr, warmup_steps=args.warmup_steps,
                            checkpoint_minutes=args.checkpoint_minutes, log_every=args.log_every, seed=seed)
 
-    def fresh(config: SpeechConfig, seed: int) -> SpeechCTCModel:
+    def fresh(config: SpeechConfig, seed: int, init: Path | None = None) -> SpeechCTCModel:
         torch.manual_seed(seed)
-        return SpeechCTCModel(config)
+        model = SpeechCTCModel(config)
+        if init is not None:
+            model.load_state_dict(load_checkpoint(init, SpeechCTCModel, SpeechConfig)[0].state_dict())
+        return model
 
-    common = dict(out=out, train=splits["train"], val=splits["val"], tokenizer=tokenizer, show=show, device=device)
+    common = dict(out=out, train=train_set, val=splits["val"], tokenizer=tokenizer, show=show, device=device)
+    finals: dict[str, Path] = {}
     if args.teacher is not None:
-        finals = {"teacher": args.teacher}
+        finals["teacher"] = args.teacher
         student_share = STUDENT_SHARE + TEACHER_SHARE
-    else:
-        finals = {"teacher": train_stage("teacher", model=fresh(teacher_cfg, args.seed),
-                                         cfg=stage_config(TEACHER_SHARE, args.max_steps, args.seed), **common)}
+    elif "kd" in students:
+        finals["teacher"] = train_stage("teacher", model=fresh(teacher_cfg, args.seed),
+                                        cfg=stage_config(TEACHER_SHARE, args.max_steps, args.seed), **common)
         student_share = STUDENT_SHARE
-    teacher, _, _ = load_checkpoint(finals["teacher"], SpeechCTCModel, SpeechConfig)
-    if teacher.config.vocab_size != tokenizer.vocab_size:
-        raise InputError(f"the teacher {finals['teacher']} has {teacher.config.vocab_size} output ids but the "
-                         f"tokenizer {tokenizer_path} {tokenizer.vocab_size}; use the teacher's tokenizer")
-    distill = DistillConfig(kd_weight=args.kd_weight, temperature=args.kd_temperature, hidden_weight=args.hidden_weight,
-                             anneal=args.kd_anneal)
-    student_seed = args.seed + 1  # both students start from the same weights and see the same batches
-    student = fresh(student_cfg, student_seed)
-    finals["student_kd"] = train_stage("student_kd", model=student, distiller=Distiller(teacher, student_cfg, distill),
-                                       cfg=stage_config(student_share, args.max_steps, student_seed), **common)
-    kd_steps = read_checkpoint_meta(finals["student_kd"])["step"]
-    finals["student_scratch"] = train_stage("student_scratch", model=fresh(student_cfg, student_seed),
-                                            cfg=stage_config(student_share, kd_steps, student_seed), **common)
+    else:
+        student_share = STUDENT_SHARE + TEACHER_SHARE
+    if args.init_student is not None:
+        finals["initial"] = args.init_student
+    student_seed = args.seed + 1  # the students start from the same weights and see the same batches
+    steps = args.max_steps
+    if "kd" in students:
+        teacher, _, _ = load_checkpoint(finals["teacher"], SpeechCTCModel, SpeechConfig)
+        if teacher.config.vocab_size != tokenizer.vocab_size:
+            raise InputError(f"the teacher {finals['teacher']} has {teacher.config.vocab_size} output ids but the "
+                             f"tokenizer {tokenizer_path} {tokenizer.vocab_size}; use the teacher's tokenizer")
+        distill = DistillConfig(kd_weight=args.kd_weight, temperature=args.kd_temperature,
+                                hidden_weight=args.hidden_weight, anneal=args.kd_anneal)
+        train_stage(STUDENT_STAGES["kd"], model=fresh(student_cfg, student_seed, args.init_student),
+                    distiller=Distiller(teacher, student_cfg, distill),
+                    cfg=stage_config(student_share, args.max_steps, student_seed), **common)
+        steps = read_checkpoint_meta(out / STUDENT_STAGES["kd"] / FINAL_DIR)["step"]
+    if whisper_train is not None:
+        width = next(s for s in whisper_train.teacher_states if s is not None).shape[1]
+        whisper = WhisperDistiller(student_cfg, width, WhisperDistillConfig(state_weight=args.whisper_weight,
+                                                                            anneal=args.kd_anneal))
+        train_stage(STUDENT_STAGES["whisper"], model=fresh(student_cfg, student_seed, args.init_student),
+                    distiller=whisper, cfg=stage_config(student_share, steps, student_seed),
+                    **{**common, "train": whisper_train})
+    if "scratch" in students:
+        train_stage(STUDENT_STAGES["scratch"], model=fresh(student_cfg, student_seed, args.init_student),
+                    cfg=stage_config(student_share, steps, student_seed), **common)
 
     if not ddp.is_main():  # evaluation and results are rank 0's
         return 0
     logger.info("stage evaluate")
-    models = evaluate(finals, {"test": splits["test"], "val": splits["val"]}, tokenizer, show, lexicon, grammar)
+    for stage in STUDENT_STAGES.values():  # every finished student of this run, also from earlier invocations
+        if (out / stage / FINAL_DIR / "config.json").is_file():
+            finals[stage] = out / stage / FINAL_DIR
+    models = evaluate(finals, scored, tokenizer, show, lexicon, grammar, groups)
     results = {
         "models": models,
-        "data": {split: len(data) for split, data in splits.items()},
+        "data": {"train": len(train_set), **{split: len(data) for split, data in scored.items()}},
         "tokenizer": {"vocab_size": tokenizer.vocab_size, "file": str(tokenizer_path)},
         "budget_minutes": budget,
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -293,7 +355,8 @@ def run_on(args: argparse.Namespace, device: torch.device) -> int:
         "args": {key: str(value) for key, value in vars(args).items() if not key.startswith("_")},
     }
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    table = markdown_table(models)
+    breakdowns = [group_table(models, split, name) for split, named in groups.items() for name in named]
+    table = "\n\n".join([summary_table(models, list(scored)), *filter(None, breakdowns), markdown_table(models)])
     (out / "results.md").write_text(table + "\n", encoding="utf-8")
     print(table)
     return 0
