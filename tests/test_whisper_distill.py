@@ -77,7 +77,7 @@ def test_the_matcher_learns_a_projection_onto_the_teacher_states() -> None:
     teacher = [np.repeat((student[i] @ mapping).numpy(), 2, axis=0).astype(np.float16) for i in range(2)]
     valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
     optimizer = torch.optim.Adam(matcher.parameters(), lr=0.05)
-    first = float(matcher.loss(student, valid, teacher))
+    first = float(matcher.loss(student, valid, teacher).detach())
     for _ in range(300):
         optimizer.zero_grad()
         loss = matcher.loss(student, valid, teacher)
