@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from train.loop import teacher_anneal_scale
+from train.losses import hidden_match_loss
+from train.models.layers import key_padding_mask
 
 WHISPER_FRAME_MS = 20  # one encoder state per 20 ms (50 Hz)
 
@@ -89,8 +91,9 @@ class WhisperStateMatcher(nn.Module):
         target, covered = batch_states(teacher_states, self.factor, student_hidden.shape[1], self.teacher_dim)
         target = F.layer_norm(target.to(student_hidden.device), (self.teacher_dim,))
         counted = student_valid & covered.to(student_valid.device)
-        error = (self.projection(student_hidden).float() - target).square().mean(dim=-1)  # (B, T')
-        return (error * counted).sum() / student_valid.sum().clamp(min=1)
+        # hidden_match_loss is the mean over the covered frames; rescale it to a mean over all valid ones.
+        share = counted.sum() / student_valid.sum().clamp(min=1)
+        return hidden_match_loss(student_hidden, target, self.projection, counted) * share
 
 
 @dataclass(frozen=True)
@@ -109,23 +112,20 @@ class WhisperDistiller:
     only the projection trains here. The sequence-level term is in the batch's CTC targets
     (``attach_teacher_labels``)."""
 
-    teacher = None  # nothing to run or move: the states are precomputed
-
     def __init__(self, student: Any, teacher_dim: int, cfg: WhisperDistillConfig = WhisperDistillConfig()) -> None:
         self.cfg = cfg
         self.matcher = WhisperStateMatcher(student.d_model, teacher_dim, student.frame_ms)
         self.projections = nn.ModuleList([self.matcher])  # trained with the student, synced by DDP
 
     def to(self, device: torch.device) -> WhisperDistiller:
-        return self
+        return self  # nothing to move: the teacher ran beforehand
 
     def losses(self, out: Any, features: torch.Tensor, lengths: torch.Tensor,
                teacher_states: Sequence[np.ndarray | None] | None) -> dict[str, torch.Tensor]:
         if teacher_states is None:
             raise ValueError("a Whisper-distilled stage needs FeatureSet.teacher_states (attach_teacher_labels)")
         hidden = out.hidden_states[self.cfg.student_layer]
-        valid = torch.arange(hidden.shape[1], device=hidden.device)[None, :] < out.lengths[:, None]
-        return {"whisper": self.matcher.loss(hidden, valid, teacher_states)}
+        return {"whisper": self.matcher.loss(hidden, key_padding_mask(out.lengths, hidden.shape[1]), teacher_states)}
 
     def teacher_scale(self, progress: float) -> float:
         return teacher_anneal_scale(self.cfg.anneal, progress)

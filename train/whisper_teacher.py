@@ -235,9 +235,8 @@ def read_labels(out_dir: str | Path, world_size: int) -> dict[int, tuple[str, np
 
 def read_label_dir(out_dir: str | Path) -> dict[int, tuple[str, np.ndarray]]:
     """``read_labels`` of a directory whose world size is read off its shard names."""
-    names = sorted(Path(out_dir).glob("labels.*-of-*.jsonl"))
-    sizes = {int(re.fullmatch(r"labels\.\d+-of-(\d+)\.jsonl", n.name).group(1)) for n in names
-             if re.fullmatch(r"labels\.\d+-of-(\d+)\.jsonl", n.name)}
+    shards = (re.fullmatch(r"labels\.\d+-of-(\d+)\.jsonl", p.name) for p in Path(out_dir).glob("labels.*.jsonl"))
+    sizes = {int(m.group(1)) for m in shards if m}
     if len(sizes) != 1:
         raise InputError(f"{out_dir} holds no complete pseudo-labelling run (shards of world sizes {sorted(sizes)}); "
                          f"label it with: python -m train.whisper_teacher --data DATASET --split train --out {out_dir}")

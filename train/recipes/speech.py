@@ -322,10 +322,10 @@ def run_on(args: argparse.Namespace, device: torch.device) -> int:
                              f"tokenizer {tokenizer_path} {tokenizer.vocab_size}; use the teacher's tokenizer")
         distill = DistillConfig(kd_weight=args.kd_weight, temperature=args.kd_temperature,
                                 hidden_weight=args.hidden_weight, anneal=args.kd_anneal)
-        train_stage(STUDENT_STAGES["kd"], model=fresh(student_cfg, student_seed, args.init_student),
-                    distiller=Distiller(teacher, student_cfg, distill),
-                    cfg=stage_config(student_share, args.max_steps, student_seed), **common)
-        steps = read_checkpoint_meta(out / STUDENT_STAGES["kd"] / FINAL_DIR)["step"]
+        kd_final = train_stage(STUDENT_STAGES["kd"], model=fresh(student_cfg, student_seed, args.init_student),
+                               distiller=Distiller(teacher, student_cfg, distill),
+                               cfg=stage_config(student_share, args.max_steps, student_seed), **common)
+        steps = read_checkpoint_meta(kd_final)["step"]
     if whisper_train is not None:
         width = next(s for s in whisper_train.teacher_states if s is not None).shape[1]
         whisper = WhisperDistiller(student_cfg, width, WhisperDistillConfig(state_weight=args.whisper_weight,
