@@ -21,7 +21,8 @@ Conditions (``condition``; training's augmentation never reaches any of them, se
 - ``low_snr``: white, pink or brown noise at 3-8 dB SNR (training: 10-40 dB);
 - ``clipped``: 12-20 dB of gain, then hard clipping at full scale (training scales loud clips down).
 
-Nothing here is from the engines reserved for evaluation (flite, festival).
+No clip here comes from the text-to-speech engines the project reserves for evaluation
+(benchmarks/speech_real_voices.py names them).
 """
 
 from __future__ import annotations
